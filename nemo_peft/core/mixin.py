@@ -1,0 +1,174 @@
+"""AdapterMixin: add, activate, save and load named adapters on any adapter-capable model.
+
+The mixin walks the model for blocks that declare ``adapter_slots``, asks each PEFT
+config which slots it fills, puts the built adapters there under a name, and
+freezes everything that is not an adapter.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from nemo_peft.core import adapter_io
+from nemo_peft.core.slots import AdapterSlot
+from nemo_peft.peft.base import PEFTConfig, SlotContext
+
+
+class AdapterMixin:
+    # ---- discovery ----
+    def slot_contexts(self) -> list[SlotContext]:
+        return [
+            SlotContext(path, block, spec)
+            for path, block in self.named_modules()
+            if hasattr(type(block), "adapter_slots")
+            for spec in type(block).adapter_slots
+        ]
+
+    def adapter_slots_by_path(self) -> dict[str, AdapterSlot]:
+        return {p: m for p, m in self.named_modules() if isinstance(m, AdapterSlot)}
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(getattr(self, "_adapter_configs", {}))
+
+    def adapter_configs(self, name: str) -> list[PEFTConfig]:
+        return self._adapter_configs[name]
+
+    # ---- adding ----
+    def add_adapter(self, peft_cfgs, name: str = "default") -> None:
+        """Fill the slots matched by one config or a list of configs, under ``name``.
+
+        Afterwards the base is frozen, every adapter is trainable, and ``name`` is active.
+        """
+        cfgs = peft_cfgs if isinstance(peft_cfgs, (list, tuple)) else [peft_cfgs]
+        cfgs = [PEFTConfig.from_dict(c) if isinstance(c, dict) else c for c in cfgs]
+        if not cfgs:
+            raise ValueError("add_adapter needs at least one PEFT config.")
+        if name in self.adapter_names:
+            raise ValueError(f"An adapter named {name!r} already exists; use another name or delete it first.")
+        contexts = self.slot_contexts()
+        plan: dict[tuple[str, str], nn.Module] = {}
+        for cfg in cfgs:
+            built = cfg.build_adapters(contexts)
+            clash = sorted(set(plan) & set(built))
+            if clash:
+                raise ValueError(
+                    f"Two configs of adapter {name!r} fill the same slot {'.'.join(clash[0])}; "
+                    "merge their targets into one config or add them under different names."
+                )
+            plan.update(built)
+        for (path, slot_name), adapter in plan.items():
+            block = self.get_submodule(path)
+            ref = next(block.parameters())
+            adapter.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+            getattr(block, slot_name).add(name, adapter)
+        if not hasattr(self, "_adapter_configs"):
+            self._adapter_configs = {}
+        self._adapter_configs[name] = cfgs
+        self.freeze_base()
+        self.set_active_adapters(self.active_adapters + [name])
+
+    def freeze_base(self) -> None:
+        """Only adapter parameters train; the base is frozen."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for slot in self.adapter_slots_by_path().values():
+            for p in slot.adapters.parameters():
+                p.requires_grad_(True)
+
+    # ---- activation ----
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(getattr(self, "_active_adapters", []))
+
+    def set_active_adapters(self, names) -> None:
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self.adapter_names]
+        if unknown:
+            raise ValueError(f"Unknown adapter(s) {unknown}; this model has {self.adapter_names}.")
+        self._active_adapters = names
+        for slot in self.adapter_slots_by_path().values():
+            slot.set_active(names)
+
+    def set_enabled_adapters(self, name: str | None = None, enabled: bool = True) -> None:
+        """NeMo's switch: enable/disable one adapter by name, or all when name is None."""
+        names = self.adapter_names if name is None else [name]
+        active = [n for n in self.active_adapters if n not in names]
+        self.set_active_adapters(active + names if enabled else active)
+
+    @contextlib.contextmanager
+    def disable_adapters(self):
+        """Run the base model alone inside the ``with`` block."""
+        saved = self.active_adapters
+        self.set_active_adapters([])
+        try:
+            yield self
+        finally:
+            self.set_active_adapters(saved)
+
+    # ---- state ----
+    def adapter_state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:
+        out = {}
+        for path, slot in self.adapter_slots_by_path().items():
+            for n, adapter in slot.adapters.items():
+                if name is None or n == name:
+                    for k, v in adapter.state_dict().items():
+                        out[f"{path}.adapters.{n}.{k}"] = v
+        return out
+
+    def save_adapters(self, path: str, name: str | None = None) -> None:
+        """Write the adapter(s) (configs + safetensors weights) to directory ``path``."""
+        names = self.adapter_names if name is None else [name]
+        if not names:
+            raise ValueError("This model has no adapter to save; call add_adapter first.")
+        configs = {n: [c.to_dict() for c in self._adapter_configs[n]] for n in names}
+        tensors = {}
+        for n in names:
+            tensors.update(self.adapter_state_dict(n))
+        adapter_io.save(path, configs, tensors)
+
+    def load_adapters(self, path: str, cfg=None, name: str | None = None) -> list[str]:
+        """Load adapters saved by ``save_adapters``; create them first if missing.
+
+        ``cfg`` overrides the saved config (a config or list of configs) and
+        ``name`` picks one adapter of a file with several. Returns the loaded names.
+        """
+        configs, tensors = adapter_io.load(path)
+        names = [name] if name else list(configs)
+        for n in names:
+            if n not in configs:
+                raise ValueError(f"Adapter {n!r} is not in {path}; it holds {list(configs)}.")
+            if n not in self.adapter_names:
+                self.add_adapter(cfg if cfg is not None else configs[n], name=n)
+        wanted = {k: v for k, v in tensors.items() if _adapter_name_of(k) in names}
+        own = {k: v for n in names for k, v in self.adapter_state_dict(n).items()}
+        adapter_io.copy_checked(own, wanted, path)
+        return names
+
+    # ---- reporting ----
+    def trainable_parameters_summary(self) -> str:
+        """Trainable / total / % and a table by module (layer numbers folded to '*')."""
+        rows = defaultdict(lambda: [0, 0])
+        for n, p in self.named_parameters():
+            key = re.sub(r"\.\d+\.", ".*.", n.rsplit(".", 1)[0])
+            rows[key][0] += p.numel() if p.requires_grad else 0
+            rows[key][1] += p.numel()
+        trainable = sum(r[0] for r in rows.values())
+        total = sum(r[1] for r in rows.values())
+        width = max(len(k) for k in rows) if rows else 10
+        lines = [f"{'module':<{width}}  {'trainable':>12}  {'total':>12}"]
+        lines += [f"{k:<{width}}  {t:>12,}  {a:>12,}" for k, (t, a) in rows.items()]
+        lines.append(f"trainable params: {trainable:,} || all params: {total:,} || "
+                     f"trainable%: {100 * trainable / max(total, 1):.4f}")
+        return "\n".join(lines)
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _adapter_name_of(key: str) -> str:
+    return key.split(".adapters.", 1)[1].split(".", 1)[0]

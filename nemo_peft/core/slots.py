@@ -1,0 +1,71 @@
+"""Adapter slots: places inside a block where adapters can sit, declared as data.
+
+A block lists its slots in the class attribute ``adapter_slots`` and calls
+``add_adapter_slots(self)`` in ``__init__``. Each slot becomes an ``AdapterSlot``
+child module that holds named adapters. A slot with no active adapter is skipped
+by a single attribute check in the block's forward, so empty slots cost nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """Where a slot sits. ``kind`` says which methods can fill it:
+
+    - ``"lora"``: parallel to the linear layer named ``host``; adapter(x, out) -> out
+    """
+
+    name: str
+    kind: str
+    host: str | None = None
+
+
+class AdapterSlot(nn.Module):
+    """Holds the named adapters of one slot and which of them are active."""
+
+    def __init__(self, spec: SlotSpec):
+        super().__init__()
+        self.spec = spec
+        self.adapters = nn.ModuleDict()
+        self.active: tuple[str, ...] = ()  # empty -> the block skips this slot
+
+    def add(self, name: str, adapter: nn.Module) -> None:
+        if name in self.adapters:
+            raise ValueError(
+                f"Adapter {name!r} already exists in slot {self.spec.name!r}; "
+                "pick another name or delete the adapter first."
+            )
+        self.adapters[name] = adapter
+
+    def set_active(self, names) -> None:
+        self.active = tuple(n for n in names if n in self.adapters)
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        for name in self.active:
+            out = self.adapters[name](x, out)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.name}, active={list(self.active)}"
+
+
+def add_adapter_slots(block: nn.Module) -> None:
+    """Create one empty ``AdapterSlot`` child per spec in ``block.adapter_slots``."""
+    for spec in type(block).adapter_slots:
+        setattr(block, spec.name, AdapterSlot(spec))
+
+
+def host_parts(block: nn.Module, host: str) -> dict[str, tuple[int, int]]:
+    """The named output parts of a (possibly fused) host linear: {part: (offset, size)}.
+
+    Blocks with fused linears declare ``output_parts``; a plain linear is one part.
+    """
+    parts = getattr(block, "output_parts", {}).get(host)
+    if parts:
+        return dict(parts)
+    return {"all": (0, getattr(block, host).out_features)}

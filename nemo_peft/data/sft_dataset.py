@@ -1,0 +1,220 @@
+"""JSONL supervised fine-tuning data in NeMo's shape: a prompt template, a label field, a loss mask.
+
+Each line of a file is one JSON object, e.g. {"input": "...", "output": "..."}. The prompt template
+(default "{input} {output}") names record fields; the label field's placeholder must come last,
+because everything before it is the context (the prompt at generation time) and the label is what
+the model learns to produce.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import string
+
+from torch.utils.data import Dataset
+
+from nemo_peft.data.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+_FORMATTER = string.Formatter()
+
+
+def _format_value(value, conversion: str | None, format_spec: str) -> str:
+    return _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), format_spec)
+
+
+class SFTDataset(Dataset):
+    """Prompt/answer pairs tokenized for causal-LM fine-tuning with the loss on the answer only.
+
+    Items are dicts: `input_ids` (context_ids + answer_ids), `loss_mask` (1 on answer positions),
+    `context_ids`, `answer` (the stripped label value, for evaluation) and `metadata` (the record).
+    Records are read and checked when the dataset is built (so bad data fails before training);
+    tokenization happens per item.
+    """
+
+    def __init__(
+        self,
+        file_names: list[str] | str,
+        tokenizer: Tokenizer,
+        prompt_template: str = "{input} {output}",
+        label_key: str = "output",
+        max_seq_length: int = 512,
+        truncation_field: str = "input",
+        add_bos: bool = False,
+        add_eos: bool = True,
+        max_num_samples: int | None = None,
+    ):
+        if isinstance(file_names, (str, os.PathLike)):
+            file_names = [file_names]
+        self.file_names = [os.fspath(f) for f in file_names]
+        if not self.file_names:
+            raise ValueError("file_names is empty: give at least one JSONL file of training records.")
+        if max_seq_length < 2:
+            raise ValueError(f"max_seq_length={max_seq_length} is too small: it must be at least 2.")
+        if max_num_samples is not None and max_num_samples <= 0:
+            raise ValueError(f"max_num_samples={max_num_samples} must be a positive number or None (use all).")
+        if add_bos and tokenizer.bos_id is None:
+            raise ValueError("add_bos=True but the tokenizer has no bos_id: set add_bos=False or give the tokenizer one.")
+        if add_eos and tokenizer.eos_id is None:
+            raise ValueError("add_eos=True but the tokenizer has no eos_id: set add_eos=False or give the tokenizer one.")
+
+        self.tokenizer = tokenizer
+        self.prompt_template = prompt_template
+        self.label_key = label_key
+        self.max_seq_length = max_seq_length
+        self.truncation_field = truncation_field
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+        self.max_num_samples = max_num_samples
+        self._parse_template()
+        self.records = self._load_records()
+
+    # --- template -------------------------------------------------------------------------
+    def _parse_template(self) -> None:
+        """Split the template into the context pieces, the label placeholder and trailing text."""
+        try:
+            parsed = list(_FORMATTER.parse(self.prompt_template))
+        except ValueError as e:
+            raise ValueError(f"prompt_template {self.prompt_template!r} is malformed ({e}); "
+                             "write literal braces as '{{' and '}}'.") from None
+        fields = [field for _, field, _, _ in parsed if field is not None]
+        for field in fields:
+            if field == "" or field.isdigit():
+                raise ValueError(f"prompt_template {self.prompt_template!r} has a positional placeholder; "
+                                 "name record fields instead, e.g. '{input} {output}'.")
+        placeholder = "{" + self.label_key + "}"
+        if self.label_key not in fields:
+            raise ValueError(f"prompt_template {self.prompt_template!r} has no {placeholder} placeholder for "
+                             f"label_key={self.label_key!r}: add it at the end of the template or set "
+                             "label_key to the field that holds the answer.")
+        if fields[-1] != self.label_key or fields.count(self.label_key) > 1:
+            raise ValueError(f"prompt_template {self.prompt_template!r}: the label placeholder {placeholder} "
+                             "must be the last placeholder (everything before it is the prompt at "
+                             "generation time); move the other placeholders before it.")
+        label_index = next(i for i, p in enumerate(parsed) if p[1] == self.label_key)
+        # the literal text just before the label belongs to the context
+        self._context_pieces = parsed[:label_index] + [(parsed[label_index][0], None, None, None)]
+        _, _, self._label_spec, self._label_conversion = parsed[label_index]
+        self._answer_tail = "".join(literal for literal, _, _, _ in parsed[label_index + 1:])
+        self.context_fields = [f for f in fields if f != self.label_key]
+
+    def _render_context(self, record: dict, overrides: dict | None = None) -> str:
+        parts = []
+        for literal, field, spec, conversion in self._context_pieces:
+            parts.append(literal)
+            if field is not None:
+                value = overrides[field] if overrides and field in overrides else record[field]
+                parts.append(_format_value(value, conversion, spec))
+        return "".join(parts)
+
+    def split_record(self, record: dict) -> tuple[str, str]:
+        """(context, answer) text of a record; the context's trailing whitespace starts the answer.
+
+        Moving the whitespace matters for BPE tokenizers (" output" is one token, "output" another)
+        and keeps the generation prompt identical to the training context.
+        """
+        context = self._render_context(record)
+        stripped = context.rstrip()
+        label = _format_value(record[self.label_key], self._label_conversion, self._label_spec)
+        return stripped, context[len(stripped):] + label + self._answer_tail
+
+    # --- files ----------------------------------------------------------------------------
+    def _load_records(self) -> list[dict]:
+        records: list[dict] = []
+        for path in self.file_names:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"SFT data file not found: {path!r}. Check file_names "
+                                        "(paths are relative to the working directory).")
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue  # blank lines (e.g. a trailing newline) are harmless
+                    records.append(self._parse_line(line, path, lineno))
+                    if self.max_num_samples is not None and len(records) >= self.max_num_samples:
+                        return records
+        if not records:
+            raise ValueError(f"No records in {self.file_names}: the files are empty or only blank lines. "
+                             "Point file_names at JSONL files with one JSON object per line.")
+        return records
+
+    def _parse_line(self, line: str, path: str, lineno: int) -> dict:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: malformed JSON ({e}). Each line must be one JSON "
+                             "object such as {\"input\": \"...\", \"output\": \"...\"}; fix or remove the line.") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {lineno}: expected a JSON object per line, got "
+                             f"{type(record).__name__}. Write each record as {{\"field\": value, ...}}.")
+        if self.label_key not in record:
+            raise ValueError(f"{path}, line {lineno}: record has no label field {self.label_key!r} "
+                             f"(keys present: {sorted(record)}). Set label_key to the field holding the "
+                             "answer, or add the field to the data.")
+        for field in self.context_fields:
+            if field not in record:
+                raise ValueError(f"{path}, line {lineno}: prompt_template uses {{{field}}} but the record has "
+                                 f"no field {field!r} (keys present: {sorted(record)}). Fix the data or "
+                                 "change prompt_template.")
+        return record
+
+    # --- tokenization ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, idx: int) -> dict:
+        record = self.records[idx]
+        context_ids, answer_ids = self.tokenize_record(record)
+        return {
+            "input_ids": context_ids + answer_ids,
+            "loss_mask": [0] * len(context_ids) + [1] * len(answer_ids),
+            "context_ids": context_ids,
+            "answer": str(record[self.label_key]).strip(),
+            "metadata": dict(record),
+        }
+
+    def tokenize_record(self, record: dict) -> tuple[list[int], list[int]]:
+        """(context_ids, answer_ids) with len(context_ids) + len(answer_ids) <= max_seq_length."""
+        tok = self.tokenizer
+        bos = [tok.bos_id] if self.add_bos else []
+        eos = [tok.eos_id] if self.add_eos else []
+        context, answer = self.split_record(record)
+        context_ids = bos + tok.encode(context)
+        answer_ids = tok.encode(answer) + eos
+        limit = self.max_seq_length
+
+        # The answer is only cut when it cannot fit on its own; one context token is kept so that
+        # something predicts the first answer token.
+        answer_limit = limit - 1 if context_ids else limit
+        if len(answer_ids) > answer_limit:
+            logger.warning("Answer of %d tokens exceeds max_seq_length=%d; cutting it from the right.",
+                           len(answer_ids), limit)
+            answer_ids = answer_ids[: answer_limit - len(eos)] + eos
+
+        budget = limit - len(answer_ids)
+        if len(context_ids) > budget and self.truncation_field in self.context_fields:
+            context_ids = self._truncate_field(record, context_ids, budget, bos)
+        if len(context_ids) > budget:
+            # still too long: drop context tokens from the left, keeping BOS
+            keep = max(budget - len(bos), 0)
+            body = context_ids[len(bos):]
+            context_ids = bos + (body[len(body) - keep:] if keep else [])
+        return context_ids, answer_ids
+
+    def _truncate_field(self, record: dict, context_ids: list[int], budget: int, bos: list[int]) -> list[int]:
+        """Cut the truncation field's tokens from the right until the context fits `budget`.
+
+        Re-tokenizing the re-formatted context can merge differently at the cut, so the fit is
+        checked again and more is cut if needed. Returns the shortest attempt if nothing fits.
+        """
+        tok = self.tokenizer
+        field_ids = tok.encode(str(record[self.truncation_field]))
+        keep = len(field_ids) - (len(context_ids) - budget)
+        while keep > 0:
+            text = tok.decode(field_ids[:keep])
+            candidate = bos + tok.encode(self._render_context(record, {self.truncation_field: text}).rstrip())
+            if len(candidate) <= budget:
+                return candidate
+            keep -= max(1, len(candidate) - budget)
+        return bos + tok.encode(self._render_context(record, {self.truncation_field: ""}).rstrip())

@@ -1,0 +1,53 @@
+"""A thin wrapper over a `tokenizers.Tokenizer` that knows the special ids."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+
+@dataclass
+class Tokenizer:
+    """Text <-> ids. `backend` is a `tokenizers.Tokenizer`; special ids may be None."""
+
+    backend: _HFTokenizer
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text` without any special tokens added (BOS/EOS are the caller's choice)."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # --- files: tokenizer.json plus a small sidecar with the special ids ---
+    def save(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.backend.save(os.path.join(directory, "tokenizer.json"))
+        special = {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
+        with open(os.path.join(directory, "special_tokens.json"), "w") as f:
+            json.dump(special, f, indent=2)
+
+    @classmethod
+    def from_dir(cls, directory: str) -> "Tokenizer":
+        path = os.path.join(directory, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"No tokenizer.json in {directory!r}: a model directory needs one "
+                "(save it with Tokenizer.save or copy it from the Hugging Face checkpoint)."
+            )
+        backend = _HFTokenizer.from_file(path)
+        special_path = os.path.join(directory, "special_tokens.json")
+        special = {}
+        if os.path.isfile(special_path):
+            with open(special_path) as f:
+                special = json.load(f)
+        return cls(backend, special.get("bos_id"), special.get("eos_id"), special.get("pad_id"))

@@ -1,0 +1,130 @@
+"""A decoder-only transformer covering the GPT-2 and Llama families from one config."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+
+from nemo_peft.core.mixin import AdapterMixin
+from nemo_peft.modules.embedding import Embedding
+from nemo_peft.modules.kv_cache import KVCache
+from nemo_peft.modules.layer import TransformerStack
+from nemo_peft.modules.rope import RotaryEmbedding
+
+
+@dataclass
+class GPTConfig:
+    """Megatron-style names. Defaults give a tiny Llama-like model."""
+
+    vocab_size: int = 256
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_attention_heads: int = 4
+    num_query_groups: int | None = None  # KV heads for GQA; None = num_attention_heads
+    kv_channels: int | None = None  # head dim; None = hidden_size // num_attention_heads
+    ffn_hidden_size: int = 128
+    max_position_embeddings: int = 2048
+    position_embedding_type: str = "rope"  # "rope" | "learned_absolute"
+    rotary_base: float = 10000.0
+    rope_scaling: dict | None = None  # {"rope_type": "linear"|"llama3", "factor": ...}
+    normalization: str = "RMSNorm"  # "RMSNorm" | "LayerNorm"
+    layernorm_epsilon: float = 1e-5
+    activation: str = "silu"  # "silu" | "gelu" | "gelu_tanh" | "relu"
+    gated_linear_unit: bool = True  # SwiGLU when activation="silu"
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = False  # Qwen2: bias on QKV only
+    share_embeddings_and_output_weights: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    extra: dict = field(default_factory=dict)  # free-form provenance (e.g. source file)
+
+    def __post_init__(self):
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.position_embedding_type not in ("rope", "learned_absolute"):
+            raise ValueError(
+                f"position_embedding_type={self.position_embedding_type!r}; use 'rope' or 'learned_absolute'."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown GPTConfig keys {unknown}; valid keys: {sorted(known)}.")
+        return cls(**d)
+
+
+class GPTModel(nn.Module, AdapterMixin):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        learned = cfg.position_embedding_type == "learned_absolute"
+        self.embedding = Embedding(cfg.vocab_size, cfg.hidden_size, cfg.max_position_embeddings if learned else None)
+        self.rotary = None if learned else RotaryEmbedding(cfg.head_dim, cfg.rotary_base, cfg.rope_scaling)
+        self.decoder = TransformerStack(cfg)
+        self.output_layer = None
+        if not cfg.share_embeddings_and_output_weights:
+            self.output_layer = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.apply(_init_weights)
+
+    # --- forward ---
+    def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None,
+                return_hidden: bool = False):
+        """Logits [B, T, V] (or the final hidden states with ``return_hidden``).
+
+        ``attention_mask`` [B, past+T] marks real tokens (1) and padding (0); with a
+        cache it covers the cached positions too. Without padding leave it None.
+        """
+        b, t = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
+        x = self.embedding(input_ids, position_ids)
+        rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
+        mask = _attention_mask(attention_mask, past, t, input_ids.device)
+        x = self.decoder(x, rope, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        return x if return_hidden else self.logits(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embedding.word_embeddings.weight if self.output_layer is None else self.output_layer.weight
+        return nn.functional.linear(hidden, weight)
+
+    def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
+        p = self.embedding.word_embeddings.weight
+        c = self.config
+        return KVCache(c.num_layers, batch_size, max_len, c.num_query_groups, c.head_dim, p.dtype, p.device)
+
+
+def _attention_mask(padding_mask, past: int, t: int, device):
+    """Boolean [B, 1, T, past+T] mask (True = attend), or None when plain causal works."""
+    if padding_mask is None or bool(padding_mask.all()):
+        if past == 0 or t == 1:
+            return None  # SDPA's is_causal (t > 1) or no mask (single new token)
+        padding_mask = torch.ones(1, past + t, dtype=torch.bool, device=device)
+    keys = padding_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
+    q_pos = torch.arange(past, past + t, device=device)[:, None]
+    k_pos = torch.arange(past + t, device=device)[None, :]
+    causal = (k_pos <= q_pos)[None, None]
+    # Let every query see itself so padded rows are never fully masked (NaN in SDPA).
+    return (keys & causal) | (k_pos == q_pos)[None, None]
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)

@@ -1,0 +1,38 @@
+"""A pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+from __future__ import annotations
+
+from torch import nn
+
+from nemo_peft.modules.attention import SelfAttention
+from nemo_peft.modules.mlp import MLP
+from nemo_peft.modules.norm import build_norm
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg, layer_index: int):
+        super().__init__()
+        self.input_layernorm = build_norm(cfg.normalization, cfg.hidden_size, cfg.layernorm_epsilon)
+        self.self_attention = SelfAttention(
+            cfg.hidden_size, cfg.num_attention_heads, cfg.num_query_groups, cfg.head_dim,
+            qkv_bias=cfg.add_qkv_bias, proj_bias=cfg.add_bias_linear, layer_index=layer_index,
+        )
+        self.pre_mlp_layernorm = build_norm(cfg.normalization, cfg.hidden_size, cfg.layernorm_epsilon)
+        self.mlp = MLP(cfg.hidden_size, cfg.ffn_hidden_size, cfg.activation, cfg.gated_linear_unit, cfg.add_bias_linear)
+
+    def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
+        x = x + self.self_attention(self.input_layernorm(x), rope, attn_mask, kv_cache)
+        return x + self.mlp(self.pre_mlp_layernorm(x))
+
+
+class TransformerStack(nn.Module):
+    """Megatron's ``decoder``: the layers and the final norm."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(cfg, i) for i in range(cfg.num_layers))
+        self.final_layernorm = build_norm(cfg.normalization, cfg.hidden_size, cfg.layernorm_epsilon)
+
+    def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
+        for layer in self.layers:
+            x = layer(x, rope, attn_mask, kv_cache)
+        return self.final_layernorm(x)

@@ -1,0 +1,149 @@
+"""LoRA: a low-rank update B·A beside a linear layer, scaled by alpha / dim.
+
+On a fused host (``linear_qkv``, gated ``linear_fc1``) the adapter may cover only
+some output parts (q and v, say). Each part p has its own A_p [r, in] and B_p
+[size_p, r], exactly like separate LoRAs on separate q/k/v projections. We keep
+all A_p stacked in one ``lora_a`` [P*r, in] (one matmul for every part) and all B_p
+stacked in ``lora_b`` [sum(size_p), r]. B·A is never formed in forward.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nemo_peft.core.slots import host_parts
+from nemo_peft.peft.base import PEFTConfig, SlotContext, register
+from nemo_peft.peft.targets import known_names_message, select_parts
+
+INIT_METHODS = ("xavier", "kaiming", "normal", "zero")
+
+
+def init_tensor(t: torch.Tensor, method: str) -> None:
+    if method == "xavier":
+        nn.init.xavier_normal_(t)
+    elif method == "kaiming":
+        nn.init.kaiming_uniform_(t, a=math.sqrt(5))  # nn.Linear's (and HF peft's) default
+    elif method == "normal":
+        nn.init.normal_(t, std=0.02)
+    elif method == "zero":
+        nn.init.zeros_(t)
+    else:
+        raise ValueError(f"Unknown init method {method!r}; choose one of {INIT_METHODS}.")
+
+
+class LoraAdapter(nn.Module):
+    """Adds scale * B_p · A_p · x to each chosen slice of the host's output."""
+
+    def __init__(self, in_features: int, out_slices: list[tuple[int, int]], dim: int, alpha: float,
+                 dropout: float = 0.0, dropout_position: str = "pre",
+                 a_init: str = "xavier", b_init: str = "zero"):
+        super().__init__()
+        self.out_slices = list(out_slices)
+        self.dim, self.alpha = dim, alpha
+        self.scale = alpha / dim
+        self.lora_a = nn.Parameter(torch.empty(len(out_slices) * dim, in_features))
+        self.lora_b = nn.Parameter(torch.empty(sum(size for _, size in out_slices), dim))
+        for a in self.lora_a.data.split(dim):  # init each part on its own fan-in/out
+            init_tensor(a, a_init)
+        init_tensor(self.lora_b.data, b_init)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.dropout_position = dropout_position
+
+    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not None and self.dropout_position == "pre":
+            x = self.dropout(x)
+        h = F.linear(x, self.lora_a) * self.scale  # scale the narrow [.., P*r] tensor
+        if len(self.out_slices) == 1 and self.out_slices[0] == (0, out.shape[-1]):
+            return out + self._post(F.linear(h, self.lora_b))
+        b_offset = 0  # in-place slice adds: the host's output is not needed by its backward
+        for p, (start, size) in enumerate(self.out_slices):
+            delta = F.linear(h[..., p * self.dim:(p + 1) * self.dim], self.lora_b[b_offset:b_offset + size])
+            out[..., start:start + size] += self._post(delta)
+            b_offset += size
+        return out
+
+    def _post(self, delta: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not None and self.dropout_position == "post":
+            return self.dropout(delta)
+        return delta
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, alpha={self.alpha}, slices={self.out_slices}"
+
+
+@register("lora")
+@dataclass
+class LoraPEFTConfig(PEFTConfig):
+    """LoRA in NeMo 2.0's terms (NeMo 1.x aliases accepted in configs)."""
+
+    target_modules: list[str] = field(
+        default_factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+    )
+    dim: int = 32
+    alpha: float = 32
+    dropout: float = 0.0
+    dropout_position: str = "pre"  # "pre": on the adapter input; "post": on its output
+    lora_A_init_method: str = "xavier"
+    lora_B_init_method: str = "zero"
+    layer_selection: list[int] | None = None  # 1-based layer numbers; None = all layers
+
+    aliases = {
+        "adapter_dim": "dim",
+        "adapter_dropout": "dropout",
+        "column_init_method": "lora_A_init_method",
+        "row_init_method": "lora_B_init_method",
+    }
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        self.target_modules = list(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("LoraPEFTConfig.target_modules is empty; name at least one module, e.g. ['linear_qkv'].")
+        if self.dim <= 0:
+            raise ValueError(f"LoRA dim must be positive, got {self.dim}.")
+        if self.dropout_position not in ("pre", "post"):
+            raise ValueError(f"dropout_position={self.dropout_position!r}; use 'pre' or 'post'.")
+        for m in (self.lora_A_init_method, self.lora_B_init_method):
+            if m not in INIT_METHODS:
+                raise ValueError(f"Unknown init method {m!r}; choose one of {INIT_METHODS}.")
+        if self.layer_selection is not None:
+            self.layer_selection = [int(i) for i in self.layer_selection]
+
+    def build_adapters(self, slots: list[SlotContext]):
+        built, matched = {}, set()
+        lora_slots = [s for s in slots if s.spec.kind == "lora"]
+        for ctx in lora_slots:
+            parts = host_parts(ctx.block, ctx.spec.host)
+            chosen = set()
+            for target in self.target_modules:
+                sel = select_parts(target, ctx.spec.host, ctx.host_path, parts)
+                if sel:
+                    matched.add(target)
+                    chosen |= sel
+            if not chosen or not self.in_layer_selection(ctx):
+                continue
+            host = getattr(ctx.block, ctx.spec.host)
+            if "all" in chosen:  # one fused adapter over the whole output
+                slices = [(0, host.out_features)]
+            else:  # one A_p/B_p per chosen part, in the host's part order
+                slices = [offset_size for name, offset_size in parts.items() if name in chosen]
+            built[ctx.key] = LoraAdapter(
+                host.in_features, slices, self.dim, self.alpha, self.dropout, self.dropout_position,
+                self.lora_A_init_method, self.lora_B_init_method,
+            )
+        unmatched = [t for t in self.target_modules if t not in matched]
+        if unmatched:
+            example = lora_slots[0].host_path if lora_slots else "decoder.layers.0.self_attention.linear_qkv"
+            raise ValueError(f"LoRA target(s) {unmatched} matched no module in this model. "
+                             + known_names_message(example))
+        if not built:
+            raise ValueError(
+                f"layer_selection={self.layer_selection} selects no layer of this model "
+                "(layer numbers are 1-based); pick numbers between 1 and the model's num_layers."
+            )
+        return built

@@ -1,0 +1,76 @@
+"""Target-module names: Megatron, NeMo and Hugging Face names, wildcards and regexes.
+
+Everything resolves to a host linear of a block (``linear_qkv`` ...) and, for fused
+hosts, to the parts of its output (``q``/``k``/``v``, ``gate``/``up``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+
+MEGATRON_NAMES = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+NEMO_NAMES = {
+    "attention_qkv": ("linear_qkv",),
+    "attention_dense": ("linear_proj",),
+    "mlp_fc1": ("linear_fc1",),
+    "mlp_fc2": ("linear_fc2",),
+    "attention": ("linear_qkv", "linear_proj"),
+    "mlp": ("linear_fc1", "linear_fc2"),
+    "all": MEGATRON_NAMES,
+}
+# HF name -> list of (host, part or None for the whole host).
+HF_NAMES = {
+    "q_proj": [("linear_qkv", "q")],
+    "k_proj": [("linear_qkv", "k")],
+    "v_proj": [("linear_qkv", "v")],
+    "o_proj": [("linear_proj", None)],
+    "gate_proj": [("linear_fc1", "gate")],
+    "up_proj": [("linear_fc1", "up")],
+    "down_proj": [("linear_fc2", None)],
+    "c_attn": [("linear_qkv", None)],  # GPT-2's fused QKV
+    "c_proj": [("linear_proj", None), ("linear_fc2", None)],  # GPT-2 uses it for both
+    "c_fc": [("linear_fc1", None)],
+}
+_REGEX_CHARS = set("^$()[]+\\|{}")
+
+
+def is_pattern(target: str) -> bool:
+    return "*" in target or "?" in target or bool(_REGEX_CHARS & set(target))
+
+
+def pattern_matches(target: str, path: str) -> bool:
+    """Regex (full match) if it has regex syntax or '.*', else a shell-style wildcard."""
+    if ".*" in target or _REGEX_CHARS & set(target):
+        try:
+            return re.fullmatch(target, path) is not None
+        except re.error as e:
+            raise ValueError(f"Target {target!r} is not a valid regular expression: {e}.") from None
+    return fnmatch.fnmatchcase(path, target)
+
+
+def select_parts(target: str, host: str, host_path: str, parts: dict) -> set[str] | None:
+    """Which parts of ``host`` the target selects: None (no match) or a set of part
+    names ({"all"} means the whole host, i.e. one fused adapter)."""
+    if target == host or host in NEMO_NAMES.get(target, ()):
+        return {"all"}
+    if target in HF_NAMES:
+        chosen = set()
+        for h, part in HF_NAMES[target]:
+            if h != host:
+                continue
+            if part is None or list(parts) == ["all"] and part == "up":
+                chosen.add("all")  # e.g. up_proj on a non-gated MLP is its whole fc1
+            elif part in parts:
+                chosen.add(part)
+        return chosen or None
+    if is_pattern(target) and pattern_matches(target, host_path):
+        return {"all"}
+    return None
+
+
+def known_names_message(example_path: str) -> str:
+    return (
+        f"Valid names: Megatron {list(MEGATRON_NAMES)}, NeMo {list(NEMO_NAMES)}, "
+        f"Hugging Face {list(HF_NAMES)}; or a wildcard such as '*.layers.0.*.linear_qkv' "
+        f"or a regular expression, matched against module paths such as {example_path!r}."
+    )
