@@ -1,0 +1,8 @@
+"""Data: tokenizer, JSONL SFT dataset, batching, sampling and the Lightning data module."""
+from nemo_peft.data.collate import collate_sft
+from nemo_peft.data.datamodule import SFTDataModule
+from nemo_peft.data.sampler import EpochShuffleSampler
+from nemo_peft.data.sft_dataset import SFTDataset
+from nemo_peft.data.tokenizer import Tokenizer
+
+__all__ = ["Tokenizer", "SFTDataset", "collate_sft", "EpochShuffleSampler", "SFTDataModule"]

@@ -68,6 +68,7 @@ class SFTDataset(Dataset):
         self.add_bos = add_bos
         self.add_eos = add_eos
         self.max_num_samples = max_num_samples
+        self._warned_answer_cut = False
         self._parse_template()
         self.records = self._load_records()
 
@@ -188,8 +189,10 @@ class SFTDataset(Dataset):
         # something predicts the first answer token.
         answer_limit = limit - 1 if context_ids else limit
         if len(answer_ids) > answer_limit:
-            logger.warning("Answer of %d tokens exceeds max_seq_length=%d; cutting it from the right.",
-                           len(answer_ids), limit)
+            if not self._warned_answer_cut:  # once per dataset, not once per item
+                logger.warning("An answer of %d tokens exceeds max_seq_length=%d; cutting answers from the "
+                               "right. Raise max_seq_length to train on whole answers.", len(answer_ids), limit)
+                self._warned_answer_cut = True
             answer_ids = answer_ids[: answer_limit - len(eos)] + eos
 
         budget = limit - len(answer_ids)

@@ -39,13 +39,18 @@ def is_pattern(target: str) -> bool:
 
 
 def pattern_matches(target: str, path: str) -> bool:
-    """Regex (full match) if it has regex syntax or '.*', else a shell-style wildcard."""
-    if ".*" in target or _REGEX_CHARS & set(target):
-        try:
-            return re.fullmatch(target, path) is not None
-        except re.error as e:
+    """A shell-style wildcard or a regular expression (full match on the module path).
+
+    '*.layers.0.*.linear_qkv' reads as a wildcard, 'decoder\\.layers\\.[01]\\..*' as a regex;
+    a pattern valid as both matches if either reading does."""
+    if not _REGEX_CHARS & set(target) and fnmatch.fnmatchcase(path, target):
+        return True
+    try:
+        return re.fullmatch(target, path) is not None
+    except re.error as e:
+        if _REGEX_CHARS & set(target):
             raise ValueError(f"Target {target!r} is not a valid regular expression: {e}.") from None
-    return fnmatch.fnmatchcase(path, target)
+        return False
 
 
 def select_parts(target: str, host: str, host_path: str, parts: dict) -> set[str] | None:

@@ -1,0 +1,52 @@
+"""Batching of SFTDataset items into tensors for training and generation."""
+from __future__ import annotations
+
+import torch
+
+
+def _round_up(n: int, multiple: int | None) -> int:
+    if not multiple:
+        return n
+    return (n + multiple - 1) // multiple * multiple
+
+
+def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """Pad a list of SFTDataset items to the longest in the batch.
+
+    Training tensors are right-padded; `labels[t]` is the token at t+1 (next-token prediction) and
+    `loss_mask[t]` is 1 exactly when that next token is an answer token. Contexts are LEFT-padded
+    so that generation can append new tokens at the same position for every row.
+    """
+    if not batch:
+        raise ValueError("collate_sft got an empty batch; the data loader produced no items.")
+    size = len(batch)
+    length = _round_up(max(len(item["input_ids"]) for item in batch), pad_to_multiple_of)
+    input_ids = torch.full((size, length), pad_id, dtype=torch.long)
+    labels = torch.full((size, length), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((size, length), dtype=torch.float32)
+    for row, item in enumerate(batch):
+        ids = torch.tensor(item["input_ids"], dtype=torch.long)
+        n = len(ids)
+        input_ids[row, :n] = ids
+        # the last real position has no next token: label stays pad, mask stays 0
+        labels[row, : n - 1] = ids[1:]
+        loss_mask[row, : n - 1] = torch.tensor(item["loss_mask"][1:], dtype=torch.float32)
+
+    context_length = _round_up(max(len(item["context_ids"]) for item in batch), pad_to_multiple_of)
+    context_ids = torch.full((size, context_length), pad_id, dtype=torch.long)
+    context_mask = torch.zeros((size, context_length), dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item["context_ids"])
+        if n:
+            context_ids[row, context_length - n:] = torch.tensor(item["context_ids"], dtype=torch.long)
+            context_mask[row, context_length - n:] = 1
+
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "loss_mask": loss_mask,
+        "context_ids": context_ids,
+        "context_mask": context_mask,
+        "answers": [item["answer"] for item in batch],
+        "metadata": [item["metadata"] for item in batch],
+    }

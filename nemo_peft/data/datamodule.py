@@ -1,0 +1,119 @@
+"""Lightning data module for JSONL SFT data, configured NeMo-style with one mapping per split."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from nemo_peft.data.collate import collate_sft
+from nemo_peft.data.sampler import EpochShuffleSampler
+from nemo_peft.data.sft_dataset import SFTDataset
+from nemo_peft.data.tokenizer import Tokenizer
+
+DATASET_KEYS = ("file_names", "prompt_template", "label_key", "max_seq_length", "truncation_field",
+                "add_bos", "add_eos", "max_num_samples")
+LOADER_KEYS = ("micro_batch_size", "shuffle", "num_workers", "seed")
+SPLITS = ("train", "validation", "test", "predict")
+# which splits each Lightning stage needs; None (setup() with no stage) builds every configured one
+_STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",),
+                 "predict": ("predict",)}
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Builds SFTDatasets and their loaders from `train_ds` / `validation_ds` / `test_ds` / `predict_ds`.
+
+    Each is a mapping of SFTDataset arguments plus `micro_batch_size` (4), `shuffle` (True for
+    train, else False), `num_workers` (0) and `seed` (1234); None means the split is not used.
+    Keys are checked here, datasets are read lazily in `setup()`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        train_ds: Mapping | None = None,
+        validation_ds: Mapping | None = None,
+        test_ds: Mapping | None = None,
+        predict_ds: Mapping | None = None,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        given = {"train": train_ds, "validation": validation_ds, "test": test_ds, "predict": predict_ds}
+        self.configs: dict[str, dict | None] = {split: self._check_config(split, cfg) for split, cfg in given.items()}
+        self.datasets: dict[str, SFTDataset] = {}
+        # a pad id only has to be a valid id: padded positions are masked out of the loss
+        if tokenizer.pad_id is not None:
+            self.pad_id = tokenizer.pad_id
+        elif tokenizer.eos_id is not None:
+            self.pad_id = tokenizer.eos_id
+        else:
+            self.pad_id = 0
+
+    @staticmethod
+    def _check_config(split: str, cfg: Mapping | None) -> dict | None:
+        if cfg is None:
+            return None
+        cfg = dict(cfg)  # plain dict or omegaconf DictConfig
+        valid = DATASET_KEYS + LOADER_KEYS
+        for key in cfg:
+            if key not in valid:
+                raise ValueError(f"Unknown key {key!r} in {split}_ds; valid keys are: {', '.join(valid)}.")
+        if cfg.get("file_names") is None:
+            raise ValueError(f"{split}_ds has no file_names: set it to the JSONL file(s) of the {split} split.")
+        if isinstance(cfg["file_names"], str):
+            cfg["file_names"] = [cfg["file_names"]]
+        else:
+            cfg["file_names"] = [str(f) for f in cfg["file_names"]]  # e.g. an omegaconf ListConfig
+        cfg.setdefault("micro_batch_size", 4)
+        cfg.setdefault("shuffle", split == "train")
+        cfg.setdefault("num_workers", 0)
+        cfg.setdefault("seed", 1234)
+        if int(cfg["micro_batch_size"]) < 1:
+            raise ValueError(f"{split}_ds.micro_batch_size must be >= 1, got {cfg['micro_batch_size']}.")
+        return cfg
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = _STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS
+        for split in splits:
+            if self.configs[split] is not None:
+                self._dataset(split)
+
+    def _dataset(self, split: str) -> SFTDataset:
+        if split not in self.datasets:
+            cfg = self.configs[split]
+            if cfg is None:
+                raise ValueError(f"No {split}_ds configured but {split} data was asked for: set "
+                                 f"{split}_ds (at least file_names) in the data config.")
+            kwargs = {k: v for k, v in cfg.items() if k in DATASET_KEYS}
+            self.datasets[split] = SFTDataset(tokenizer=self.tokenizer, **kwargs)
+        return self.datasets[split]
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self._dataset(split)
+        cfg = self.configs[split]
+        return DataLoader(
+            dataset,
+            batch_size=int(cfg["micro_batch_size"]),
+            sampler=EpochShuffleSampler(len(dataset), seed=int(cfg["seed"]), shuffle=bool(cfg["shuffle"])),
+            collate_fn=functools.partial(collate_sft, pad_id=self.pad_id),  # a partial pickles for workers
+            num_workers=int(cfg["num_workers"]),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self):
+        # Without validation data, fit should still run: Lightning calls this whenever the model
+        # defines validation_step, and skips validation when the loader list is empty. Outside
+        # fit (trainer.validate, direct calls) a missing split is an error like the others.
+        trainer = self.trainer
+        if self.configs["validation"] is None and trainer is not None and trainer.state.fn == "fit":
+            return []
+        return self._loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,166 @@
+"""GPTSFTModel: the Lightning wrapper that fine-tunes, evaluates and generates."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from nemo_peft.generation import SamplingParams, generate
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    scheduler: str = "cosine"  # "cosine" | "linear" | "constant"
+    min_lr: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "OptimConfig":
+        d = dict(d or {})
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"Unknown optim option(s) {unknown}; valid options: {sorted(valid)}.")
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        cfg = cls(**d)
+        if cfg.scheduler not in ("cosine", "linear", "constant"):
+            raise ValueError(f"optim.scheduler={cfg.scheduler!r}; use 'cosine', 'linear' or 'constant'.")
+        return cfg
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warmup, then cosine/linear decay to min_lr (as a factor of lr)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.scheduler == "constant" or total <= cfg.warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.scheduler == "cosine" else 1 - progress
+    floor = cfg.min_lr / cfg.lr
+    return floor + (1 - floor) * decay
+
+
+class GPTSFTModel(L.LightningModule):
+    """Answer-only SFT on a ``GPTModel``; validation loss and exact match; generation."""
+
+    def __init__(self, model, tokenizer=None, optim: dict | None = None, generation: dict | None = None,
+                 eval_exact_match: bool = True):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.optim = OptimConfig.from_dict(optim)
+        self.sampling = SamplingParams(**dict(generation or {}))
+        self.eval_exact_match = eval_exact_match
+        self.strict_loading = False  # our checkpoints hold adapter weights only
+        self._em = {"correct": 0, "total": 0}
+
+    # ---- adapters: the wrapped model owns them ----
+    def add_adapter(self, peft_cfgs, name: str = "default"):
+        return self.model.add_adapter(peft_cfgs, name)
+
+    def load_adapters(self, path, cfg=None, name=None):
+        return self.model.load_adapters(path, cfg, name)
+
+    def save_adapters(self, path, name=None):
+        return self.model.save_adapters(path, name)
+
+    def forward(self, input_ids, **kw):
+        return self.model(input_ids, **kw)
+
+    # ---- loss ----
+    def loss(self, batch) -> torch.Tensor:
+        """Mean cross-entropy over answer tokens only. The LM head runs only on those
+        positions, which saves most of its cost on prompt-heavy data."""
+        hidden = self.model(batch["input_ids"], return_hidden=True)
+        keep = batch["loss_mask"] > 0
+        if not bool(keep.any()):
+            raise ValueError("A batch has no answer tokens to train on; check label_key and max_seq_length.")
+        logits = self.model.logits(hidden[keep])
+        return F.cross_entropy(logits.float(), batch["labels"][keep])
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    # ---- evaluation ----
+    def _eval_step(self, batch, prefix: str):
+        n = batch["input_ids"].shape[0]
+        self.log(f"{prefix}_loss", self.loss(batch), prog_bar=True, batch_size=n)
+        if self.eval_exact_match:
+            preds = self.generate_texts(batch)
+            self._em["correct"] += sum(p.strip() == a.strip() for p, a in zip(preds, batch["answers"]))
+            self._em["total"] += n
+
+    def _eval_epoch_end(self, prefix: str):
+        if self.eval_exact_match and self._em["total"]:
+            self.log(f"{prefix}_exact_match", 100.0 * self._em["correct"] / self._em["total"], prog_bar=True)
+        self._em = {"correct": 0, "total": 0}
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    # ---- generation ----
+    def generate_texts(self, batch) -> list[str]:
+        if self.tokenizer is None:
+            raise ValueError("Generation needs a tokenizer; build GPTSFTModel with tokenizer=...")
+        rows = generate(self.model, batch["context_ids"], batch["context_mask"], self.sampling,
+                        eos_id=self.tokenizer.eos_id)
+        return [self.tokenizer.decode(r) for r in rows]
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        preds = self.generate_texts(batch)
+        out = []
+        for i, pred in enumerate(preds):
+            ids = batch["context_ids"][i][batch["context_mask"][i].bool()].tolist()
+            out.append({"input": self.tokenizer.decode(ids), "prediction": pred.strip(),
+                        "label": batch["answers"][i]})
+        return out
+
+    # ---- optimization ----
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("No trainable parameters: add an adapter (model.peft) before training.")
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=self.optim.betas, eps=self.optim.eps,
+                                weight_decay=self.optim.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, self.optim))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoints: adapters and optimizer state only ----
+    def on_save_checkpoint(self, checkpoint):
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in trainable or ".adapters." in k}
+        checkpoint["nemo_peft_adapters"] = {
+            n: [c.to_dict() for c in self.model.adapter_configs(n)] for n in self.model.adapter_names
+        }
+        checkpoint["nemo_peft_optim"] = asdict(self.optim)
+
+    def on_load_checkpoint(self, checkpoint):
+        saved = checkpoint.get("nemo_peft_adapters", {})
+        missing = sorted(set(saved) - set(self.model.adapter_names))
+        if missing:
+            raise ValueError(
+                f"The checkpoint holds adapter(s) {missing} that this model lacks; add them "
+                "(same model.peft config as the run that saved it) before resuming."
+            )

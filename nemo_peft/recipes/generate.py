@@ -1,0 +1,33 @@
+"""The generation recipe behind ``examples/generate.py``: Trainer.predict on a JSONL file."""
+from __future__ import annotations
+
+import json
+import os
+
+from omegaconf import DictConfig
+
+from nemo_peft.core.adapter_io import atomic_write
+from nemo_peft.recipes.build import build_data, build_model, build_trainer
+
+
+def run_generate(cfg: DictConfig) -> list[dict]:
+    if not cfg.get("adapter_path") and cfg.model.get("peft") is not None:
+        cfg.model.peft.peft_scheme = None  # no adapter to load: generate with the base model
+    module = build_model(cfg.model)
+    if cfg.get("adapter_path"):
+        module.load_adapters(cfg.adapter_path)
+    data = build_data(cfg.data, module.tokenizer)
+    trainer = build_trainer(cfg.trainer, os.path.dirname(os.path.abspath(cfg.output_file)))
+    batches = trainer.predict(module, datamodule=data)
+    rows = [row for batch in batches for row in batch]
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    atomic_write(cfg.output_file, write)
+    if rows and all(r.get("label") is not None for r in rows):
+        em = 100.0 * sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+        print(f"exact match: {em:.1f}% on {len(rows)} examples")
+    print(f"wrote {len(rows)} predictions to {cfg.output_file}")
+    return rows

@@ -1,0 +1,205 @@
+import copy
+
+import pytest
+import torch
+
+from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
+from tests.conftest import make_model
+
+IDS = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(1))
+
+
+def randomize_adapters(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".adapters." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def test_output_unchanged_after_add_adapter(family):
+    model = make_model(family)
+    before = model(IDS)
+    model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=4))
+    assert torch.equal(model(IDS), before)
+    randomize_adapters(model)
+    assert not torch.allclose(model(IDS), before)  # the adapter is really in the forward path
+
+
+def test_only_adapter_params_train_and_get_gradients(family):
+    model = make_model(family)
+    model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=4))
+    randomize_adapters(model)
+    model(IDS).logsumexp(-1).mean().backward()
+    for n, p in model.named_parameters():
+        is_adapter = ".adapters." in n
+        assert p.requires_grad == is_adapter, n
+        if is_adapter:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, n
+
+
+def test_training_changes_only_adapter_tensors(family):
+    model = make_model(family).train()
+    model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=4))
+    base = {k: v.clone() for k, v in model.state_dict().items() if ".adapters." not in k}
+    adapters = {k: v.clone() for k, v in model.adapter_state_dict().items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(IDS[:, :-1]).flatten(0, 1), IDS[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    for k, v in base.items():
+        assert torch.equal(after[k], v), f"base tensor {k} changed"
+    for k, v in adapters.items():
+        assert not torch.equal(after[k], v), f"adapter tensor {k} did not train"
+
+
+def test_save_load_into_fresh_model_gives_identical_logits(tmp_path, family):
+    model = make_model(family)
+    model.add_adapter(LoraPEFTConfig(target_modules=["q_proj", "v_proj", "linear_fc2"], dim=3, alpha=6))
+    randomize_adapters(model)
+    model.save_adapters(str(tmp_path / "ad"))
+    fresh = make_model(family)  # same seed -> same base weights
+    fresh.load_adapters(str(tmp_path / "ad"))
+    assert torch.equal(fresh(IDS), model(IDS))
+    assert fresh.adapter_configs("default")[0] == model.adapter_configs("default")[0]
+
+
+def _dense_merge(model):
+    """Reference: fold every LoRA into a dense copy of its host weight, rows by part."""
+    dense = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in dense.named_modules():
+            for spec in getattr(type(module), "adapter_slots", ()):
+                slot = getattr(module, spec.name)
+                host = getattr(module, spec.host)
+                for ad in slot.adapters.values():
+                    b_off = 0
+                    for p, (start, size) in enumerate(ad.out_slices):
+                        a = ad.lora_a[p * ad.dim:(p + 1) * ad.dim]
+                        b = ad.lora_b[b_off:b_off + size]
+                        host.weight[start:start + size] += ad.scale * (b @ a)
+                        b_off += size
+    dense.set_active_adapters([])
+    return dense
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["linear_qkv"], ["k_proj", "gate_proj", "o_proj"]])
+def test_lora_equals_dense_recomputation(targets):
+    model = make_model("llama")
+    model.add_adapter(LoraPEFTConfig(target_modules=targets, dim=4, alpha=8))
+    randomize_adapters(model)
+    torch.testing.assert_close(model(IDS), _dense_merge(model)(IDS), atol=1e-5, rtol=1e-5)
+
+
+def test_qv_lora_touches_exactly_the_q_and_v_columns():
+    model = make_model("llama")
+    model.add_adapter(LoraPEFTConfig(target_modules=["q_proj", "v_proj"], dim=4))
+    randomize_adapters(model)
+    attn = model.decoder.layers[0].self_attention
+    x = torch.randn(2, 5, 48)
+    base = attn.linear_qkv(x)
+    delta = attn.lora_qkv(x, base.clone()) - base
+    q, k, v = (attn.output_parts["linear_qkv"][p] for p in "qkv")
+    ad = attn.lora_qkv.adapters["default"]
+    assert ad.out_slices == [q, v]
+    assert ad.lora_a.shape == (2 * 4, 48) and ad.lora_b.shape == (q[1] + v[1], 4)
+    assert torch.all(delta[..., k[0]:k[0] + k[1]] == 0)
+    assert delta[..., q[0]:q[0] + q[1]].abs().sum() > 0 and delta[..., v[0]:v[0] + v[1]].abs().sum() > 0
+
+
+def filled_slots(model):
+    return sorted(p for p, s in model.adapter_slots_by_path().items() if len(s.adapters))
+
+
+@pytest.mark.parametrize("targets,expected", [
+    (["*.layers.0.*.linear_qkv"], ["decoder.layers.0.self_attention.lora_qkv"]),
+    ([r"decoder\.layers\.[12]\.mlp\.linear_fc2"], ["decoder.layers.1.mlp.lora_fc2", "decoder.layers.2.mlp.lora_fc2"]),
+    (["attention_dense"], [f"decoder.layers.{i}.self_attention.lora_proj" for i in range(3)]),
+    (["down_proj"], [f"decoder.layers.{i}.mlp.lora_fc2" for i in range(3)]),
+])
+def test_target_matching(targets, expected):
+    model = make_model("llama")
+    model.add_adapter(LoraPEFTConfig(target_modules=targets, dim=2))
+    assert filled_slots(model) == expected
+
+
+def test_nemo_group_names_and_layer_selection():
+    model = make_model("llama")
+    model.add_adapter(LoraPEFTConfig(target_modules=["attention"], dim=2, layer_selection=[2]))
+    assert filled_slots(model) == ["decoder.layers.1.self_attention.lora_proj",
+                                   "decoder.layers.1.self_attention.lora_qkv"]
+
+
+def test_gpt2_hf_names():
+    model = make_model("gpt2")
+    model.add_adapter(LoraPEFTConfig(target_modules=["c_attn", "c_proj"], dim=2))
+    slots = model.adapter_slots_by_path()
+    assert filled_slots(model) == sorted(
+        [f"decoder.layers.{i}.self_attention.lora_qkv" for i in range(3)]
+        + [f"decoder.layers.{i}.self_attention.lora_proj" for i in range(3)]
+        + [f"decoder.layers.{i}.mlp.lora_fc2" for i in range(3)])
+    qkv = slots["decoder.layers.0.self_attention.lora_qkv"].adapters["default"]
+    assert qkv.out_slices == [(0, 3 * 48)]  # c_attn is fused: one A, one B
+
+
+def test_unknown_target_is_a_clear_error():
+    model = make_model("llama")
+    with pytest.raises(ValueError) as e:
+        model.add_adapter(LoraPEFTConfig(target_modules=["linear_qkv", "query_key_value"]))
+    msg = str(e.value)
+    assert "query_key_value" in msg and "linear_qkv" in msg and "q_proj" in msg and "attention_qkv" in msg
+    assert model.adapter_names == []  # nothing half-added
+
+
+def test_layer_selection_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match="layer_selection"):
+        make_model("llama").add_adapter(LoraPEFTConfig(target_modules=["linear_qkv"], layer_selection=[9]))
+
+
+def test_trainable_count_matches_closed_form():
+    model = make_model("llama")  # hidden 48, 6 heads of 8, 2 kv groups, ffn 80, 3 layers
+    r = 4
+    model.add_adapter(LoraPEFTConfig(target_modules=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"], dim=r))
+    q, v = 48, 16
+    per_layer = (2 * r * 48 + r * (q + v)) + (2 * r * 48 + r * (80 + 80)) + (r * 80 + r * 48)
+    assert model.num_trainable_parameters() == 3 * per_layer
+    summary = model.trainable_parameters_summary()
+    assert f"trainable params: {3 * per_layer:,}" in summary and "lora_fc1" in summary
+
+
+def test_disable_and_enable_adapters():
+    model = make_model("llama")
+    base = model(IDS)
+    model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=2))
+    randomize_adapters(model)
+    adapted = model(IDS)
+    with model.disable_adapters():
+        assert torch.equal(model(IDS), base)
+    assert torch.equal(model(IDS), adapted)
+    model.set_enabled_adapters(enabled=False)
+    assert torch.equal(model(IDS), base)
+    model.set_enabled_adapters("default", enabled=True)
+    assert torch.equal(model(IDS), adapted)
+
+
+def test_nemo_aliases_and_unknown_option():
+    cfg = LoraPEFTConfig.from_kwargs({"adapter_dim": 8, "adapter_dropout": 0.1, "column_init_method": "kaiming"})
+    assert (cfg.dim, cfg.dropout, cfg.lora_A_init_method) == (8, 0.1, "kaiming")
+    with pytest.raises(ValueError, match="rank"):
+        LoraPEFTConfig.from_kwargs({"rank": 8})
+
+
+@pytest.mark.parametrize("position", ["pre", "post"])
+def test_dropout_only_in_training(position):
+    ad = LoraAdapter(8, [(0, 6)], dim=2, alpha=2, dropout=0.5, dropout_position=position, b_init="normal")
+    x, out = torch.randn(4, 8), torch.zeros(4, 6)
+    ad.eval()
+    assert torch.equal(ad(x, out), ad(x, out))
+    ad.train()
+    torch.manual_seed(0)
+    assert not torch.equal(ad(x, out), ad.eval()(x, out))
