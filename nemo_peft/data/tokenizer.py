@@ -28,6 +28,21 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    @classmethod
+    def byte_level(cls) -> "Tokenizer":
+        """A file-free tokenizer: one token per byte plus <s>, </s>, <pad> (ids 256-258).
+
+        Used by models built from scratch (tests, offline smoke runs)."""
+        from tokenizers import decoders, models, pre_tokenizers
+
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+        backend = _HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        backend.decoder = decoders.ByteLevel()
+        backend.add_special_tokens(["<s>", "</s>", "<pad>"])
+        return cls(backend, bos_id=256, eos_id=257, pad_id=258)
+
     # --- files: tokenizer.json plus a small sidecar with the special ids ---
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)

@@ -155,6 +155,10 @@ class GPTSFTModel(L.LightningModule):
             n: [c.to_dict() for c in self.model.adapter_configs(n)] for n in self.model.adapter_names
         }
         checkpoint["nemo_peft_optim"] = asdict(self.optim)
+        # Dropout draws from the global RNG: keep it so a resumed run continues the same curve.
+        checkpoint["nemo_peft_rng"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["nemo_peft_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint):
         saved = checkpoint.get("nemo_peft_adapters", {})
@@ -164,3 +168,8 @@ class GPTSFTModel(L.LightningModule):
                 f"The checkpoint holds adapter(s) {missing} that this model lacks; add them "
                 "(same model.peft config as the run that saved it) before resuming."
             )
+        rng = checkpoint.get("nemo_peft_rng", {})
+        if "cpu" in rng:
+            torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

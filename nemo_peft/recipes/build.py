@@ -10,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_peft.convert.auto import load_pretrained
 from nemo_peft.data.datamodule import SFTDataModule
+from nemo_peft.data.tokenizer import Tokenizer
+from nemo_peft.models.gpt import GPTConfig, GPTModel
 from nemo_peft.models.lightning import GPTSFTModel
 from nemo_peft.peft.schemes import configs_from_peft_section
 from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
@@ -29,8 +31,24 @@ def to_dict(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
+def load_base(model_cfg: DictConfig):
+    """(model, tokenizer) from ``restore_from_path``, or a fresh random model from
+    ``from_scratch`` (a GPTConfig mapping) with the byte-level tokenizer."""
+    scratch = model_cfg.get("from_scratch")
+    if scratch is None:
+        return load_pretrained(model_cfg.get("restore_from_path"))
+    if model_cfg.get("restore_from_path"):
+        raise ValueError("Set either model.restore_from_path or model.from_scratch, not both.")
+    tokenizer = Tokenizer.byte_level()
+    torch.manual_seed(int(model_cfg.get("init_seed", 0)))
+    cfg = GPTConfig.from_dict({"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_id,
+                               "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
+                               **to_dict(scratch)})
+    return GPTModel(cfg), tokenizer
+
+
 def build_model(model_cfg: DictConfig) -> GPTSFTModel:
-    model, tokenizer = load_pretrained(model_cfg.get("restore_from_path"))
+    model, tokenizer = load_base(model_cfg)
     if tokenizer is None:
         raise ValueError(f"{model_cfg.get('restore_from_path')!r} has no tokenizer.json; the recipes need one.")
     module = GPTSFTModel(model, tokenizer, optim=to_dict(model_cfg.get("optim")),

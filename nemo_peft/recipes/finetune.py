@@ -10,7 +10,7 @@ from nemo_peft.recipes.build import build_data, build_model, build_trainer
 
 
 def _exact_match(trainer, module, data) -> float | None:
-    if not module.eval_exact_match or data.test_ds is None:
+    if not module.eval_exact_match or data.configs["test"] is None:
         return None
     result = trainer.test(module, datamodule=data, verbose=False)
     return result[0].get("test_exact_match") if result else None

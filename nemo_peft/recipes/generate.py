@@ -11,9 +11,7 @@ from nemo_peft.recipes.build import build_data, build_model, build_trainer
 
 
 def run_generate(cfg: DictConfig) -> list[dict]:
-    if not cfg.get("adapter_path") and cfg.model.get("peft") is not None:
-        cfg.model.peft.peft_scheme = None  # no adapter to load: generate with the base model
-    module = build_model(cfg.model)
+    module = build_model(cfg.model)  # the adapter file carries its own config
     if cfg.get("adapter_path"):
         module.load_adapters(cfg.adapter_path)
     data = build_data(cfg.data, module.tokenizer)

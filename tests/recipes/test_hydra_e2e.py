@@ -1,0 +1,51 @@
+"""End-to-end: examples/finetune.py then examples/generate.py through Hydra on a tiny model."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_example(script, *overrides, cwd):
+    cmd = [sys.executable, os.path.join(ROOT, "examples", script), *overrides]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_finetune_then_generate(tiny_task, tmp_path):
+    out = tmp_path / "run"
+    ft = run_example(
+        "finetune.py", "model=tiny", f"exp_manager.output_dir={out}", "trainer.max_steps=30",
+        f"data.train_ds.file_names=[{tiny_task['train']}]", f"data.test_ds.file_names=[{tiny_task['test']}]",
+        f"data.validation_ds.file_names=[{tiny_task['test']}]", "model.optim.lr=5e-3",
+        "trainer.enable_progress_bar=false", "model.peft.lora_tuning.dim=4", cwd=tmp_path,
+    )
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    assert "held-out exact match: before" in ft.stdout
+    adapter = out / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_weights.safetensors").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+    preds = tmp_path / "preds.jsonl"
+    gen = run_example("generate.py", "model=tiny", f"adapter_path={adapter}", f"output_file={preds}",
+                      f"data.predict_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false",
+                      cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    rows = [json.loads(line) for line in open(preds)]
+    assert len(rows) == 16 and {"input", "prediction", "label"} <= set(rows[0])
+    assert rows[0]["input"].startswith("x: ")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.not_a_key=1", "not_a_key"),
+    ("model.peft.lora_tuning.rank=4", "rank"),
+    ("model.restore_from_path=/no/such/model.gguf", "does not exist"),
+    ("model.peft.peft_scheme=loraa", "loraa"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, override, message):
+    res = run_example("finetune.py", "model=tiny" if "restore" not in override else "model=smollm2",
+                      override, f"exp_manager.output_dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert res.returncode != 0
+    assert message in res.stderr
