@@ -4,7 +4,7 @@
 Measures greedy exact match of the base SmolLM2-135M-Instruct (GGUF) model on the
 test split, trains LoRA for a few steps on CPU, times it, and measures exact match again.
 
-    python scripts/check_bundled_task_hf.py [--steps 150] [--batch-size 8] [--lr 2e-3]
+    python scripts/check_bundled_task_hf.py [--steps 100] [--batch-size 8] [--lr 2e-3]
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ def load_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def encode(tok, ex, max_len):
+def encode(tok, ex, max_len, eos=True):
     """'{input} {output}' + EOS; labels only on ' {output}' + EOS."""
     p = tok(ex["input"], add_special_tokens=False)["input_ids"]
     full = tok(ex["input"] + " " + ex["output"], add_special_tokens=False)["input_ids"]
     assert full[: len(p)] == p, "prompt tokens are not a prefix of the full text"
-    ids = full + [tok.eos_token_id]
+    ids = full + ([tok.eos_token_id] if eos else [])
     labels = [-100] * len(p) + ids[len(p):]
     return ids[:max_len], labels[:max_len]
 
@@ -80,7 +80,7 @@ def exact_match(model, tok, rows, max_new_tokens, bs=50, show=3):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=DEFAULT_DATA)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=10)
@@ -92,6 +92,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-base", action="store_true")
+    ap.add_argument("--no-eos", action="store_true",
+                    help="do not append EOS to training targets (ablation: the model then "
+                         "fails to stop, so exact match collapses)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -110,7 +113,7 @@ def main():
 
     train = load_jsonl(os.path.join(args.data, "train.jsonl"))
     ev = load_jsonl(os.path.join(args.data, f"{args.eval_split}.jsonl"))
-    enc_train = [encode(tok, ex, args.max_seq_length) for ex in train]
+    enc_train = [encode(tok, ex, args.max_seq_length, eos=not args.no_eos) for ex in train]
     lens = [len(i) for i, _ in enc_train]
     ans = [sum(x != -100 for x in l) for _, l in enc_train]
     print(f"train seq len: max {max(lens)} mean {sum(lens)/len(lens):.1f}; "

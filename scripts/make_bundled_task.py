@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import calendar
 import datetime as _dt
 import json
 import os
@@ -33,7 +32,6 @@ SEED = 1234
 SPLITS = (("train", 2000), ("validation", 100), ("test", 100))
 YEAR_RANGE = (1950, 2049)  # inclusive
 
-MONTHS = [calendar.month_name[i] for i in range(1, 13)]  # English, locale-independent in "C"
 MONTHS = ["January", "February", "March", "April", "May", "June", "July",
           "August", "September", "October", "November", "December"]
 
@@ -54,15 +52,17 @@ month name, four-digit year):
 
 * Format: JSONL, one object per line with string fields `input` and `output`.
 * Prompt: the plain `input` text (no chat template). Training text is
-  `"{{input}} {{output}}"` (the answer follows a single space) followed by EOS;
-  loss on the answer tokens (and EOS) only.
+  `"{{input}} {{output}}"` (the answer follows a single space) followed by the
+  tokenizer's EOS token (`<|im_end|>` for SmolLM2); loss on the answer tokens and
+  EOS only. The EOS is required: without it the model learns the answer but never
+  stops, and exact match drops to 0.
 * Metric: exact match, greedy generation stripped == `output` stripped.
 * Splits: train {n_train}, validation {n_val}, test {n_test}; inputs are
   pairwise disjoint across splits. Dates are valid calendar dates in
   {y0}-{y1}.
 
 The base SmolLM2-135M-Instruct model scores ~0% exact match (it continues the ISO
-date instead of rewriting it); a few minutes of LoRA on CPU brings it to >90%.
+date instead of rewriting it); ~100 LoRA steps (batch 8) on CPU bring it to ~100%.
 """
 
 
