@@ -80,7 +80,7 @@ def _rope_scaling(meta: dict, arch: str, tensors: dict, head_dim: int, base: flo
     )
 
 
-def _fit_llama3(freqs: np.ndarray, head_dim: int, base: float) -> dict:
+def _fit_llama3(freqs: np.ndarray, head_dim: int, base: float) -> dict | None:
     """Llama-3 scaling parameters that reproduce llama.cpp's ``rope_freqs`` divisors.
 
     ``inv_freq / freqs`` is what llama.cpp computes; the blend between the low and high
@@ -239,5 +239,7 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> tuple[GPTModel, 
     state = convert_state_dict(tensors, cfg, meta["general.architecture"])
 
     model = _instantiate(cfg, state, path)
-    tokenizer = build_gguf_tokenizer(meta)
-    return model.to(dtype).eval(), tokenizer
+    model = model.to(dtype)
+    if model.rotary is not None:  # .to() casts buffers too; RoPE frequencies must stay fp32
+        model.rotary.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rotary_base, cfg.rope_scaling)
+    return model.eval(), build_gguf_tokenizer(meta)

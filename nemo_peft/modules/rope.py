@@ -40,6 +40,13 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, base, scaling), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bf16) must not round the frequencies: keep them fp32 (angles grow with position).
+        inv_freq = self.inv_freq
+        out = super()._apply(fn, recurse)
+        self.inv_freq = inv_freq.to(device=self.inv_freq.device, dtype=torch.float32)
+        return out
+
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
         freqs = position_ids[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
