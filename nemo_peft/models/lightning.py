@@ -86,6 +86,9 @@ class GPTSFTModel(L.LightningModule):
         logits = self.model.logits(hidden[keep])
         return F.cross_entropy(logits.float(), batch["labels"][keep])
 
+    def on_train_start(self):
+        self.train()  # loaders return models in eval mode; dropout must be live while training
+
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])

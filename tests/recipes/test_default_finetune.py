@@ -1,0 +1,19 @@
+"""The README's main job: LoRA on the embedded SmolLM2-135M-Instruct lifts exact match (slow: ~3 min)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.slow
+def test_default_finetune_lifts_exact_match(tmp_path):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "finetune.py"),
+                          f"exp_manager.output_dir={tmp_path}", "trainer.enable_progress_bar=false"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before, after = map(float, re.search(r"before ([\d.]+)% -> after ([\d.]+)%", res.stdout).groups())
+    assert after - before >= 40, res.stdout
