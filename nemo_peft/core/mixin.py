@@ -103,12 +103,53 @@ class AdapterMixin:
     @contextlib.contextmanager
     def disable_adapters(self):
         """Run the base model alone inside the ``with`` block."""
+        if self.merged_adapters:
+            raise RuntimeError(f"Adapter(s) {self.merged_adapters} are merged into the base weights; "
+                               "call unmerge_adapters() before disabling them.")
         saved = self.active_adapters
         self.set_active_adapters([])
         try:
             yield self
         finally:
             self.set_active_adapters(saved)
+
+    # ---- merging ----
+    @property
+    def merged_adapters(self) -> list[str]:
+        merged = set().union(*(s.merged for s in self.adapter_slots_by_path().values()))
+        return [n for n in self.adapter_names if n in merged]
+
+    def merge_adapters(self, names=None) -> None:
+        """Fold adapters (default: the active ones) into the base weights, in place.
+
+        Forward then skips them, so outputs are unchanged; ``unmerge_adapters`` undoes it."""
+        names = self.active_adapters if names is None else ([names] if isinstance(names, str) else list(names))
+        self._merge(names, sign=1.0)
+
+    def unmerge_adapters(self, names=None) -> None:
+        names = self.merged_adapters if names is None else ([names] if isinstance(names, str) else list(names))
+        self._merge(names, sign=-1.0)
+
+    def _merge(self, names, sign: float) -> None:
+        slots = self.adapter_slots_by_path()
+        for n in names:  # check everything first: fail before touching any weight
+            if n not in self.adapter_names:
+                raise ValueError(f"Unknown adapter {n!r}; this model has {self.adapter_names}.")
+            for path, slot in slots.items():
+                if n in slot.adapters and not hasattr(slot.adapters[n], "merge"):
+                    raise ValueError(f"Adapter {n!r} at {path} ({type(slot.adapters[n]).__name__}) "
+                                     "cannot be merged into the base weights.")
+        for path, slot in slots.items():
+            block = self.get_submodule(path.rsplit(".", 1)[0])
+            for n in names:
+                if n not in slot.adapters or (n in slot.merged) == (sign > 0):
+                    continue  # not here, or already in the requested state
+                slot.adapters[n].merge(getattr(block, slot.spec.host), sign)
+                if sign > 0:
+                    slot.merged.add(n)
+                else:
+                    slot.merged.discard(n)
+        self.set_active_adapters(self.active_adapters)
 
     # ---- state ----
     def adapter_state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ class AdapterSlot(nn.Module):
         self.spec = spec
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()  # empty -> the block skips this slot
+        self.merged: set[str] = set()  # folded into the host weight: not run in forward
 
     def add(self, name: str, adapter: nn.Module) -> None:
         if name in self.adapters:
@@ -43,7 +44,7 @@ class AdapterSlot(nn.Module):
         self.adapters[name] = adapter
 
     def set_active(self, names) -> None:
-        self.active = tuple(n for n in names if n in self.adapters)
+        self.active = tuple(n for n in names if n in self.adapters and n not in self.merged)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         for name in self.active:

@@ -35,6 +35,7 @@ class GPTConfig:
     add_bias_linear: bool = False
     add_qkv_bias: bool = False  # Qwen2: bias on QKV only
     share_embeddings_and_output_weights: bool = True
+    sliding_window: int | None = None  # Mistral-style: each query sees only its last N keys; None = all
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -91,7 +92,7 @@ class GPTModel(nn.Module, AdapterMixin):
             position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
         x = self.embedding(input_ids, position_ids)
         rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
-        mask = _attention_mask(attention_mask, past, t, input_ids.device)
+        mask = _attention_mask(attention_mask, past, t, input_ids.device, self.config.sliding_window)
         x = self.decoder(x, rope, mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(t)
@@ -107,16 +108,23 @@ class GPTModel(nn.Module, AdapterMixin):
         return KVCache(c.num_layers, batch_size, max_len, c.num_query_groups, c.head_dim, p.dtype, p.device)
 
 
-def _attention_mask(padding_mask, past: int, t: int, device):
-    """Boolean [B, 1, T, past+T] mask (True = attend), or None when plain causal works."""
+def _attention_mask(padding_mask, past: int, t: int, device, sliding_window: int | None = None):
+    """Boolean [B, 1, T, past+T] mask (True = attend), or None when plain causal works.
+
+    ``sliding_window`` W lets query i see keys j with i - W < j <= i (cache index space,
+    like transformers' sliding-window mask); it only matters once past + T > W.
+    """
+    windowed = sliding_window is not None and past + t > sliding_window
     if padding_mask is None or bool(padding_mask.all()):
-        if past == 0 or t == 1:
+        if not windowed and (past == 0 or t == 1):
             return None  # SDPA's is_causal (t > 1) or no mask (single new token)
         padding_mask = torch.ones(1, past + t, dtype=torch.bool, device=device)
     keys = padding_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
     q_pos = torch.arange(past, past + t, device=device)[:, None]
     k_pos = torch.arange(past + t, device=device)[None, :]
     causal = (k_pos <= q_pos)[None, None]
+    if windowed:
+        causal = causal & (k_pos > q_pos - sliding_window)[None, None]
     # Let every query see itself so padded rows are never fully masked (NaN in SDPA).
     return (keys & causal) | (k_pos == q_pos)[None, None]
 

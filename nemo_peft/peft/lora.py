@@ -66,6 +66,23 @@ class LoraAdapter(nn.Module):
             b_offset += size
         return out
 
+    def delta_weight(self) -> list[tuple[int, int, torch.Tensor]]:
+        """(start, size, scale * B_p @ A_p) per part, in fp32 — for merging only."""
+        out, b_offset = [], 0
+        for p, (start, size) in enumerate(self.out_slices):
+            a = self.lora_a[p * self.dim:(p + 1) * self.dim].float()
+            b = self.lora_b[b_offset:b_offset + size].float()
+            out.append((start, size, (b @ a) * self.scale))
+            b_offset += size
+        return out
+
+    @torch.no_grad()
+    def merge(self, host: nn.Linear, sign: float = 1.0) -> None:
+        """Fold the update into ``host.weight`` (sign=-1 takes it out again)."""
+        for start, size, delta in self.delta_weight():
+            rows = host.weight[start:start + size]
+            rows.copy_((rows.float() + sign * delta).to(rows.dtype))
+
     def _post(self, delta: torch.Tensor) -> torch.Tensor:
         if self.dropout is not None and self.dropout_position == "post":
             return self.dropout(delta)
