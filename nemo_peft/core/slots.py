@@ -15,9 +15,13 @@ from torch import nn
 
 @dataclass(frozen=True)
 class SlotSpec:
-    """Where a slot sits. ``kind`` says which methods can fill it:
+    """Where a slot sits. ``kind`` says which methods can fill it and how it is called:
 
-    - ``"lora"``: parallel to the linear layer named ``host``; adapter(x, out) -> out
+    - ``"lora"``: parallel to the linear layer ``host``: adapter(x, out) -> out + update
+    - ``"scale"``: rescales an activation (IA3): adapter(h) -> h * s
+    - ``"residual"``: a bottleneck after a sub-block: adapter(h) -> h + f(h)
+    - ``"prompt"``: virtual token embeddings: adapter() -> [n, hidden]
+    - ``"prefix"``: per-layer key/value prefixes: adapter() -> (k, v), each [kv_heads, n, head_dim]
     """
 
     name: str
@@ -34,6 +38,7 @@ class AdapterSlot(nn.Module):
         self.adapters = nn.ModuleDict()
         self.active: tuple[str, ...] = ()  # empty -> the block skips this slot
         self.merged: set[str] = set()  # folded into the host weight: not run in forward
+        self.routing: dict[str, torch.Tensor] | None = None  # per-sample rows, see AdapterMixin.route
 
     def add(self, name: str, adapter: nn.Module) -> None:
         if name in self.adapters:
@@ -46,10 +51,30 @@ class AdapterSlot(nn.Module):
     def set_active(self, names) -> None:
         self.active = tuple(n for n in names if n in self.adapters and n not in self.merged)
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``lora`` slots take (input, host output); ``scale``/``residual`` slots take one tensor."""
+        if self.routing is not None:
+            return self._routed(x, out)
+        if out is None:
+            for name in self.active:
+                x = self.adapters[name](x)
+            return x
         for name in self.active:
             out = self.adapters[name](x, out)
         return out
+
+    def _routed(self, x, out):
+        """Each adapter runs only on the batch rows routed to it (mixed-adapter batches)."""
+        result = (x if out is None else out).clone()
+        for name, rows in self.routing.items():
+            if name not in self.active or rows.numel() == 0:
+                continue
+            adapter = self.adapters[name]
+            if out is None:
+                result[rows] = adapter(x[rows])
+            else:
+                result[rows] = adapter(x[rows], out[rows])
+        return result
 
     def extra_repr(self) -> str:
         return f"{self.spec.name}, active={list(self.active)}"

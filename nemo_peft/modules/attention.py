@@ -19,6 +19,9 @@ class SelfAttention(nn.Module):
     adapter_slots = (
         SlotSpec("lora_qkv", "lora", "linear_qkv"),
         SlotSpec("lora_proj", "lora", "linear_proj"),
+        SlotSpec("ia3_key", "scale", "linear_qkv"),  # scales the k part of linear_qkv's output
+        SlotSpec("ia3_value", "scale", "linear_qkv"),  # scales the v part
+        SlotSpec("prefix", "prefix"),  # learned key/value prefixes (prefix tuning / P-tuning v2)
     )
 
     def __init__(self, hidden_size, num_heads, num_kv_heads, head_dim, qkv_bias, proj_bias, layer_index):
@@ -42,6 +45,10 @@ class SelfAttention(nn.Module):
             qkv = self.lora_qkv(x, qkv)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        if self.ia3_key.active:
+            k = self.ia3_key(k)
+        if self.ia3_value.active:
+            v = self.ia3_value(v)
         q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -49,6 +56,8 @@ class SelfAttention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
+        if self.prefix.active:
+            k, v, attn_mask = self._prepend_prefix(k, v, attn_mask, t)
         # No explicit mask and several queries: plain causal attention (fast kernels).
         causal = attn_mask is None and t > 1
         y = F.scaled_dot_product_attention(
@@ -60,3 +69,19 @@ class SelfAttention(nn.Module):
         if self.lora_proj.active:
             out = self.lora_proj(y, out)
         return out
+
+    def _prepend_prefix(self, k, v, attn_mask, t):
+        """Put every active adapter's key/value prefix in front; prefixes are always visible."""
+        if self.prefix.routing is not None:
+            raise ValueError("Prefix tuning adapters cannot be routed per sample; run them in their own batch.")
+        b, s = k.shape[0], k.shape[2]
+        pk, pv = zip(*(self.prefix.adapters[n]() for n in self.prefix.active))
+        pk = torch.cat(pk, dim=1).to(k.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+        pv = torch.cat(pv, dim=1).to(v.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+        n = pk.shape[2]
+        if attn_mask is None:  # causal, aligned to the last query: key j is seen by query i iff j <= i + s - t
+            q_pos = torch.arange(t, device=k.device)[:, None] + (s - t)
+            attn_mask = (torch.arange(s, device=k.device)[None, :] <= q_pos)[None, None]
+        attn_mask = torch.cat([attn_mask.new_ones(*attn_mask.shape[:-1], n).expand(attn_mask.shape[0], 1, t, n),
+                               attn_mask.expand(attn_mask.shape[0], 1, t, s)], dim=-1)
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), attn_mask

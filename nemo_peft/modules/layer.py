@@ -3,12 +3,18 @@ from __future__ import annotations
 
 from torch import nn
 
+from nemo_peft.core.slots import SlotSpec, add_adapter_slots
 from nemo_peft.modules.attention import SelfAttention
 from nemo_peft.modules.mlp import MLP
 from nemo_peft.modules.norm import build_norm
 
 
 class TransformerLayer(nn.Module):
+    adapter_slots = (
+        SlotSpec("adapter_post_attn", "residual"),  # Houlsby bottleneck on the attention output
+        SlotSpec("adapter_post_mlp", "residual"),  # ... and on the MLP output
+    )
+
     def __init__(self, cfg, layer_index: int):
         super().__init__()
         self.input_layernorm = build_norm(cfg.normalization, cfg.hidden_size, cfg.layernorm_epsilon)
@@ -18,10 +24,17 @@ class TransformerLayer(nn.Module):
         )
         self.pre_mlp_layernorm = build_norm(cfg.normalization, cfg.hidden_size, cfg.layernorm_epsilon)
         self.mlp = MLP(cfg.hidden_size, cfg.ffn_hidden_size, cfg.activation, cfg.gated_linear_unit, cfg.add_bias_linear)
+        add_adapter_slots(self)
 
     def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
-        x = x + self.self_attention(self.input_layernorm(x), rope, attn_mask, kv_cache)
-        return x + self.mlp(self.pre_mlp_layernorm(x))
+        a = self.self_attention(self.input_layernorm(x), rope, attn_mask, kv_cache)
+        if self.adapter_post_attn.active:
+            a = self.adapter_post_attn(a)
+        x = x + a
+        m = self.mlp(self.pre_mlp_layernorm(x))
+        if self.adapter_post_mlp.active:
+            m = self.adapter_post_mlp(m)
+        return x + m
 
 
 class TransformerStack(nn.Module):

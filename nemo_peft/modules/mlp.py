@@ -18,6 +18,7 @@ class MLP(nn.Module):
     adapter_slots = (
         SlotSpec("lora_fc1", "lora", "linear_fc1"),
         SlotSpec("lora_fc2", "lora", "linear_fc2"),
+        SlotSpec("ia3_mlp", "scale", "linear_fc2"),  # scales the intermediate activation (fc2's input)
     )
 
     def __init__(self, hidden_size, ffn_hidden_size, activation, gated, bias):
@@ -42,6 +43,8 @@ class MLP(nn.Module):
             h = self.act(gate) * up
         else:
             h = self.act(h)
+        if self.ia3_mlp.active:
+            h = self.ia3_mlp(h)
         out = self.linear_fc2(h)
         if self.lora_fc2.active:
             out = self.lora_fc2(h, out)

@@ -74,7 +74,7 @@ def _dense_merge(model):
     dense = copy.deepcopy(model)
     with torch.no_grad():
         for name, module in dense.named_modules():
-            for spec in getattr(type(module), "adapter_slots", ()):
+            for spec in (s for s in getattr(type(module), "adapter_slots", ()) if s.kind == "lora"):
                 slot = getattr(module, spec.name)
                 host = getattr(module, spec.host)
                 for ad in slot.adapters.values():
