@@ -161,7 +161,8 @@ def hf_to_state(tensors: dict, cfg: GPTConfig, layout: dict, model_type: str, so
                     take(a + "o_proj.bias") if layout["proj_bias"] else zeros(cfg.hidden_size))
                 sd[o + "mlp.linear_fc1.bias"] = (torch.cat([take(m + "gate_proj.bias"), take(m + "up_proj.bias")])
                                                  if layout["mlp_bias"] else zeros(2 * cfg.ffn_hidden_size))
-                sd[o + "mlp.linear_fc2.bias"] = take(m + "down_proj.bias") if layout["mlp_bias"] else zeros(cfg.hidden_size)
+                sd[o + "mlp.linear_fc2.bias"] = (
+                    take(m + "down_proj.bias") if layout["mlp_bias"] else zeros(cfg.hidden_size))
         sd["decoder.final_layernorm.weight"] = take(p + "norm.weight")
     if cfg.share_embeddings_and_output_weights:
         t.pop("lm_head.weight", None)  # transformers ties it to the embeddings anyway
@@ -223,7 +224,8 @@ def state_to_hf(sd: dict, cfg: GPTConfig, layout: dict, model_type: str) -> dict
 def _nonzero_biases(sd: dict) -> dict:
     def nz(*suffixes):
         return any(bool(v.any()) for k, v in sd.items() if k.endswith(suffixes))
-    return {"qkv": nz("linear_qkv.bias"), "proj": nz("linear_proj.bias"), "mlp": nz("linear_fc1.bias", "linear_fc2.bias")}
+    return {"qkv": nz("linear_qkv.bias"), "proj": nz("linear_proj.bias"),
+            "mlp": nz("linear_fc1.bias", "linear_fc2.bias")}
 
 
 # --- tokenizer ------------------------------------------------------------------------------
@@ -299,7 +301,8 @@ def _instantiate(cfg: GPTConfig, state: dict, dtype: torch.dtype, source: str) -
     if wrong or missing:
         raise ValueError(f"{source}: weights do not fit config.json: wrong shapes {wrong[:3]}, missing {missing[:3]}.")
     model.load_state_dict(state, strict=False, assign=True)
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()] if t is not getattr(model.rotary, "inv_freq", None)):
+    rope_buffer = getattr(model.rotary, "inv_freq", None)  # recomputed below
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()] if t is not rope_buffer):
         model = GPTModel(cfg).to(dtype)  # a module gained state this loader does not fill: build it the slow way
         model.load_state_dict(state, strict=False)
     if model.rotary is not None:  # non-persistent, fp32 on purpose
