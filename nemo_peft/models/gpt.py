@@ -88,14 +88,30 @@ class GPTModel(nn.Module, AdapterMixin):
         """
         b, t = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
+        # Virtual tokens (P-tuning / prompt tuning) sit before the input at positions
+        # 0..n-1; they enter the cache once, at prefill, and are cut from the output.
+        virtual = self.embedding.virtual_tokens()
+        n = 0 if virtual is None else virtual.shape[0]
         if position_ids is None:
-            position_ids = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
-        x = self.embedding(input_ids, position_ids)
+            start = past if past else n
+            position_ids = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
+        elif n:
+            position_ids = position_ids + n
+        if n and attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
+        prepend = n > 0 and past == 0
+        if prepend:
+            virtual_pos = torch.arange(n, device=input_ids.device).expand(b, n)
+            position_ids = torch.cat([virtual_pos, position_ids], dim=1)
+        x = self.embedding(input_ids, position_ids, virtual if prepend else None)
+        t_in = x.shape[1]
         rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
-        mask = _attention_mask(attention_mask, past, t, input_ids.device, self.config.sliding_window)
+        mask = _attention_mask(attention_mask, past, t_in, input_ids.device, self.config.sliding_window)
         x = self.decoder(x, rope, mask, kv_cache)
         if kv_cache is not None:
-            kv_cache.advance(t)
+            kv_cache.advance(t_in)
+        if prepend:
+            x = x[:, n:]
         return x if return_hidden else self.logits(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -103,8 +119,11 @@ class GPTModel(nn.Module, AdapterMixin):
         return nn.functional.linear(hidden, weight)
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """A cache for ``max_len`` real tokens (room for active virtual tokens is added)."""
         p = self.embedding.word_embeddings.weight
         c = self.config
+        virtual = self.embedding.virtual_tokens()
+        max_len += 0 if virtual is None else virtual.shape[0]
         return KVCache(c.num_layers, batch_size, max_len, c.num_query_groups, c.head_dim, p.dtype, p.device)
 
 

@@ -28,8 +28,12 @@ class Embedding(nn.Module):
             raise ValueError("Virtual-token adapters cannot be routed per sample; run them in their own batch.")
         return torch.cat(parts, dim=0)
 
-    def forward(self, input_ids, position_ids):
+    def forward(self, input_ids, position_ids, virtual: torch.Tensor | None = None):
+        """Token embeddings, after ``virtual`` [n, hidden] if given; ``position_ids``
+        then covers the virtual tokens too."""
         x = self.word_embeddings(input_ids)
+        if virtual is not None:
+            x = torch.cat([virtual.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1), x], dim=1)
         if self.position_embeddings is not None:
             x = x + self.position_embeddings(position_ids)
         return x
