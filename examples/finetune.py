@@ -2,9 +2,11 @@
 
     python examples/finetune.py trainer.max_steps=50 model.peft.lora_tuning.dim=8
 """
+import sys
+
 import hydra
 
-from nemo_peft.recipes.build import register_resolvers
+from nemo_peft.recipes.build import quote_comma_lists, register_resolvers
 from nemo_peft.recipes.finetune import run_finetune
 
 register_resolvers()
@@ -16,4 +18,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    sys.argv = quote_comma_lists(sys.argv)
     main()

@@ -3,9 +3,11 @@
     python examples/generate.py adapter_path=results/finetune/adapter \
         data.predict_ds.file_names=[my.jsonl] output_file=predictions.jsonl
 """
+import sys
+
 import hydra
 
-from nemo_peft.recipes.build import register_resolvers
+from nemo_peft.recipes.build import quote_comma_lists, register_resolvers
 from nemo_peft.recipes.generate import run_generate
 
 register_resolvers()
@@ -17,4 +19,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    sys.argv = quote_comma_lists(sys.argv)
     main()

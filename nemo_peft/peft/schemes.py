@@ -1,18 +1,23 @@
 """``model.peft`` in the Hydra config -> PEFT config objects.
 
-NeMo's layout: ``peft_scheme`` names one or more schemes (comma list), each with
+NeMo's layout: ``peft_scheme`` names one or more schemes (a comma list), each with
 its own section, e.g. ``lora_tuning`` for ``lora``.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from nemo_peft.peft.base import PEFTConfig
-from nemo_peft.peft.lora import LoraPEFTConfig
+import nemo_peft.peft  # noqa: F401  (registers every method)
+from nemo_peft.peft.base import PEFT_METHODS, PEFTConfig
 
-# scheme name -> (section in model.peft, config class)
-PEFT_SCHEMES: dict[str, tuple[str, type[PEFTConfig]]] = {
-    "lora": ("lora_tuning", LoraPEFTConfig),
+# scheme name -> (section in model.peft, registered method name)
+PEFT_SCHEMES: dict[str, tuple[str, str]] = {
+    "lora": ("lora_tuning", "lora"),
+    "adapter": ("adapter_tuning", "adapter"),
+    "ia3": ("ia3_tuning", "ia3"),
+    "ptuning": ("p_tuning", "ptuning"),
+    "prompt_tuning": ("prompt_tuning", "prompt_tuning"),
+    "prefix_tuning": ("prefix_tuning", "prefix_tuning"),
 }
 
 
@@ -22,17 +27,20 @@ def parse_schemes(scheme) -> list[str]:
     unknown = [n for n in names if n not in PEFT_SCHEMES]
     if unknown:
         raise ValueError(f"Unknown model.peft.peft_scheme {unknown}; choose from {sorted(PEFT_SCHEMES)} "
-                         "(several as a comma list).")
+                         "(several as a comma list, e.g. ptuning,adapter).")
     return names
 
 
-def configs_from_peft_section(peft: Mapping) -> list[PEFTConfig]:
+def configs_from_peft_section(peft: Mapping, tokenizer=None) -> list[PEFTConfig]:
     """Build the configs named by ``peft['peft_scheme']`` from their sections."""
     cfgs = []
     for name in parse_schemes(peft.get("peft_scheme")):
-        section, cls = PEFT_SCHEMES[name]
+        section, method = PEFT_SCHEMES[name]
         if section not in peft:
             raise ValueError(f"model.peft.peft_scheme includes {name!r} but model.peft.{section} is missing; "
-                             f"add the section (see conf/peft/{name}.yaml).")
-        cfgs.append(cls.from_kwargs(dict(peft[section] or {})))
+                             "add the section (see conf/peft/sections.yaml).")
+        options = dict(peft[section] or {})
+        if options.get("init_text") and tokenizer is not None and not options.get("init_token_ids"):
+            options["init_token_ids"] = tokenizer.encode(options["init_text"])  # prompt tuning from text
+        cfgs.append(PEFT_METHODS[method].from_kwargs(options))
     return cfgs

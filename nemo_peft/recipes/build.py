@@ -22,6 +22,18 @@ def bundled_path(rel: str) -> str:
     return str(resources.files("nemo_peft.data").joinpath("bundled", rel))
 
 
+def quote_comma_lists(argv: list[str], keys=("model.peft.peft_scheme",)) -> list[str]:
+    """Let ``model.peft.peft_scheme=ptuning,adapter`` mean a comma list (NeMo's syntax);
+    Hydra would otherwise read an unquoted comma as a multirun sweep."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in keys and "," in value and value[:1] not in "'\"[":
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", bundled_path)
@@ -56,7 +68,7 @@ def build_model(model_cfg: DictConfig) -> GPTSFTModel:
                          eval_exact_match=model_cfg.get("eval_exact_match", True))
     peft = model_cfg.get("peft")
     if peft is not None and peft.get("peft_scheme"):
-        module.add_adapter(configs_from_peft_section(to_dict(peft)))
+        module.add_adapter(configs_from_peft_section(to_dict(peft), tokenizer))
         if peft.get("restore_from_path"):
             module.load_adapters(peft.restore_from_path)
     return module
