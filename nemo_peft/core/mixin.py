@@ -7,6 +7,8 @@ freezes everything that is not an adapter.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 from collections import defaultdict
 
@@ -65,6 +67,7 @@ class AdapterMixin:
             block = self.get_submodule(path)
             ref = next(block.parameters())
             adapter.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+            adapter.train(self.training)  # an adapter added to an eval model must not run dropout
             getattr(block, slot_name).add(name, adapter)
         if not hasattr(self, "_adapter_configs"):
             self._adapter_configs = {}
@@ -139,7 +142,10 @@ class AdapterMixin:
                 if n in slot.adapters and not hasattr(slot.adapters[n], "merge"):
                     raise ValueError(f"Adapter {n!r} at {path} ({type(slot.adapters[n]).__name__}) "
                                      "cannot be merged into the base weights.")
-        for path, slot in slots.items():
+        # Merge in slot order (LoRA on linear_qkv before the IA3 scale of its k rows) and
+        # unmerge in reverse, so the composition is undone exactly.
+        ordered = list(slots.items()) if sign > 0 else list(reversed(slots.items()))
+        for path, slot in ordered:
             block = self.get_submodule(path.rsplit(".", 1)[0])
             for n in names:
                 if n not in slot.adapters or (n in slot.merged) == (sign > 0):
@@ -173,11 +179,18 @@ class AdapterMixin:
         adapter_io.save(path, configs, tensors)
 
     def load_adapters(self, path: str, cfg=None, name: str | None = None) -> list[str]:
-        """Load adapters saved by ``save_adapters``; create them first if missing.
+        """Load adapters saved by ``save_adapters`` (or an HF PEFT LoRA directory); create them first if missing.
 
         ``cfg`` overrides the saved config (a config or list of configs) and
         ``name`` picks one adapter of a file with several. Returns the loaded names.
         """
+        if _is_hf_peft_dir(path):  # a Hugging Face PEFT adapter (peft's save_pretrained)
+            if cfg is not None:
+                raise ValueError(f"{path!r} is a Hugging Face PEFT adapter: its adapter_config.json defines the "
+                                 "adapter, so a cfg override cannot be applied; drop cfg.")
+            from nemo_peft.convert.hf_peft import load_hf_peft
+
+            return [load_hf_peft(self, path, name=name or "default")]
         configs, tensors = adapter_io.load(path)
         names = [name] if name else list(configs)
         for n in names:
@@ -209,6 +222,19 @@ class AdapterMixin:
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _is_hf_peft_dir(path) -> bool:
+    """A directory whose adapter_config.json is peft's (it names a ``peft_type``), not ours."""
+    config = os.path.join(str(path), adapter_io.CONFIG_NAME)
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False  # adapter_io.load reports the broken file
+    return isinstance(meta, dict) and "peft_type" in meta and meta.get("format") != adapter_io.FORMAT
 
 
 def _adapter_name_of(key: str) -> str:

@@ -40,11 +40,11 @@ class LoraAdapter(nn.Module):
 
     def __init__(self, in_features: int, out_slices: list[tuple[int, int]], dim: int, alpha: float,
                  dropout: float = 0.0, dropout_position: str = "pre",
-                 a_init: str = "xavier", b_init: str = "zero"):
+                 a_init: str = "xavier", b_init: str = "zero", use_rslora: bool = False):
         super().__init__()
         self.out_slices = list(out_slices)
-        self.dim, self.alpha = dim, alpha
-        self.scale = alpha / dim
+        self.dim, self.alpha, self.use_rslora = dim, alpha, use_rslora
+        self.scale = alpha / math.sqrt(dim) if use_rslora else alpha / dim  # rsLoRA: alpha / sqrt(r)
         self.lora_a = nn.Parameter(torch.empty(len(out_slices) * dim, in_features))
         self.lora_b = nn.Parameter(torch.empty(sum(size for _, size in out_slices), dim))
         for a in self.lora_a.data.split(dim):  # init each part on its own fan-in/out
@@ -89,7 +89,7 @@ class LoraAdapter(nn.Module):
         return delta
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, alpha={self.alpha}, slices={self.out_slices}"
+        return f"dim={self.dim}, alpha={self.alpha}, slices={self.out_slices}" + (", rslora" if self.use_rslora else "")
 
 
 @register("lora")
@@ -107,6 +107,7 @@ class LoraPEFTConfig(PEFTConfig):
     lora_A_init_method: str = "xavier"
     lora_B_init_method: str = "zero"
     layer_selection: list[int] | None = None  # 1-based layer numbers; None = all layers
+    use_rslora: bool = False  # rank-stabilized LoRA: scale = alpha / sqrt(dim) instead of alpha / dim
 
     aliases = {
         "adapter_dim": "dim",
@@ -151,7 +152,7 @@ class LoraPEFTConfig(PEFTConfig):
                 slices = [offset_size for name, offset_size in parts.items() if name in chosen]
             built[ctx.key] = LoraAdapter(
                 host.in_features, slices, self.dim, self.alpha, self.dropout, self.dropout_position,
-                self.lora_A_init_method, self.lora_B_init_method,
+                self.lora_A_init_method, self.lora_B_init_method, self.use_rslora,
             )
         unmatched = [t for t in self.target_modules if t not in matched]
         if unmatched:

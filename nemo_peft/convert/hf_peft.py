@@ -1,0 +1,387 @@
+"""LoRA adapters <-> Hugging Face PEFT adapter directories (``adapter_config.json`` +
+``adapter_model.safetensors``), as ``peft.PeftModel.from_pretrained`` and vLLM read them.
+
+Our hosts are fused ([q | k | v] in ``linear_qkv``, [gate | up] in gated ``linear_fc1``); HF
+Llama-style models keep separate q/k/v/gate/up projections, GPT-2 a fused ``c_attn``. Every
+conversion here is exact:
+
+- export: each HF module gets A = the stacked A_p of the adapter parts that reach its rows and
+  B = their B_p rows placed block-wise (a whole-host adapter gives q, k and v the same A; a
+  part-wise q+v adapter on GPT-2's fused ``c_attn`` becomes one rank-2r LoRA with zero k rows).
+  All modules are then zero-padded to one rank and scale differences are folded into B, so the
+  file needs one ``r``/``lora_alpha`` and no ``rank_pattern``/``alpha_pattern`` (vLLM ignores those).
+- import: the q/k/v (gate/up) LoRAs of a layer become one part-wise adapter; different ranks are
+  zero-padded, different scales (``alpha_pattern``, rsLoRA) are folded into B.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter, defaultdict
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nemo_peft.convert.hf_config import SUPPORTED, infer_model_type
+from nemo_peft.core.adapter_io import atomic_write
+from nemo_peft.core.slots import host_parts
+from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+PREFIX = "base_model.model."
+# host -> [(HF module suffix, our part or None = whole host)], per naming scheme
+_LLAMA = {
+    "linear_qkv": [("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"), ("self_attn.v_proj", "v")],
+    "linear_proj": [("self_attn.o_proj", None)],
+    "linear_fc1": [("mlp.gate_proj", "gate"), ("mlp.up_proj", "up")],
+    "linear_fc2": [("mlp.down_proj", None)],
+}
+_GPT2 = {
+    "linear_qkv": [("attn.c_attn", None)], "linear_proj": [("attn.c_proj", None)],
+    "linear_fc1": [("mlp.c_fc", None)], "linear_fc2": [("mlp.c_proj", None)],
+}
+_SUFFIX_HOST = {s: h for table in (_LLAMA, _GPT2) for h, entries in table.items() for s, _ in entries}
+_SUFFIX_SCHEME = {s: name for name, table in (("llama", _LLAMA), ("gpt2", _GPT2))
+                  for entries in table.values() for s, _ in entries}
+_LAYER_PREFIX = {"llama": "model.layers.{i}.", "gpt2": "transformer.h.{i}."}
+_HOST_BLOCK = {"linear_qkv": "self_attention", "linear_proj": "self_attention",
+               "linear_fc1": "mlp", "linear_fc2": "mlp"}
+_MODULE_RE = re.compile(r"(?:model\.layers|transformer\.h)\.(\d+)\.((?:self_attn|attn|mlp)\.\w+)")
+_KEY_RE = re.compile(r"(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight")
+# peft options whose non-default value changes the math in a way a plain LoRA cannot hold
+_UNSUPPORTED = ("use_dora", "lora_bias", "modules_to_save", "trainable_token_indices", "layer_replication",
+                "target_parameters", "alora_invocation_tokens", "use_qalora", "arrow_config", "use_bdlora",
+                "velora_config", "monteclora_config", "kasa_config")
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+
+
+def _scheme(model_type: str) -> str:
+    return "gpt2" if model_type == "gpt2" else "llama"
+
+
+def _hf_modules(block, host: str, scheme: str) -> list[tuple[str, int, int]]:
+    """(HF module suffix, row start, rows) of each HF module that makes up our ``host``."""
+    parts = host_parts(block, host)
+    out = []
+    for suffix, part in (_LLAMA if scheme == "llama" else _GPT2)[host]:
+        if part is None:
+            out.append((suffix, 0, getattr(block, host).out_features))
+        elif part in parts:
+            out.append((suffix, *parts[part]))
+        elif part == "up" and list(parts) == ["all"]:  # non-gated MLP: up_proj is the whole fc1
+            out.append((suffix, *parts["all"]))
+    return out
+
+
+def _layer_of(path: str) -> int:
+    return int(re.search(r"(?:^|\.)layers\.(\d+)\.", path + ".").group(1))
+
+
+def _unwrap(model):
+    """The GPTModel itself (also accepts the Lightning wrapper, which holds it as ``.model``)."""
+    return model if hasattr(model, "decoder") else model.model
+
+
+def _lora_entries(model, name: str):
+    """(path, block, host, adapter) for every slot holding adapter ``name``."""
+    if name not in model.adapter_names:
+        raise ValueError(f"This model has no adapter named {name!r}; it has {model.adapter_names}.")
+    for path, slot in model.adapter_slots_by_path().items():
+        if name in slot.adapters:
+            adapter = slot.adapters[name]
+            if not isinstance(adapter, LoraAdapter):
+                raise ValueError(f"Adapter {name!r} at {path} is {type(adapter).__name__}; only LoRA adapters can "
+                                 "be written in the Hugging Face PEFT format.")
+            yield path, model.get_submodule(path.rsplit(".", 1)[0]), slot.spec.host, adapter
+
+
+# ---------------------------------------------------------------- export
+
+def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str = "default",
+                 model_type: str | None = None) -> dict:
+    """Write adapter ``name`` of ``model`` as an HF PEFT LoRA adapter directory; returns the config written.
+
+    ``model_type`` ("gpt2", "llama", "mistral", "qwen2") picks the HF module names; by default the
+    family the model was loaded from. The file holds only LoRA A/B weights (no embeddings, lm_head
+    or biases), one ``r`` and one ``lora_alpha``, as both peft and vLLM load it.
+    """
+    model = _unwrap(model)
+    model_type = model_type or infer_model_type(model.config)
+    if model_type not in SUPPORTED:
+        raise ValueError(f"Cannot name modules for model_type {model_type!r}; supported: {', '.join(SUPPORTED)}.")
+    scheme = _scheme(model_type)
+    modules = []  # (HF module path, A [r, in], B [out, r], scale)
+    rslora = set()
+    for path, block, host, adapter in _lora_entries(model, name):
+        rslora.add(adapter.use_rslora)
+        r = adapter.dim
+        a_all, b_all = adapter.lora_a.detach().float().cpu(), adapter.lora_b.detach().float().cpu()
+        for suffix, t_start, t_size in _hf_modules(block, host, scheme):
+            a_blocks, b_cols, b_offset = [], [], 0
+            for p, (start, size) in enumerate(adapter.out_slices):
+                lo, hi = max(start, t_start), min(start + size, t_start + t_size)
+                if lo < hi:  # this part of the adapter reaches rows of this HF module
+                    col = torch.zeros(t_size, r)
+                    col[lo - t_start:hi - t_start] = b_all[b_offset + lo - start:b_offset + hi - start]
+                    a_blocks.append(a_all[p * r:(p + 1) * r])
+                    b_cols.append(col)
+                b_offset += size
+            if a_blocks:
+                hf_path = _LAYER_PREFIX[scheme].format(i=_layer_of(path)) + suffix
+                modules.append((hf_path, torch.cat(a_blocks), torch.cat(b_cols, dim=1), adapter.scale))
+    if not modules:
+        raise ValueError(f"Adapter {name!r} holds no LoRA weights to export.")
+    use_rslora = rslora == {True}
+    r = max(a.shape[0] for _, a, _, _ in modules)
+    scale = Counter(s for *_, s in modules).most_common(1)[0][0]
+    alpha = scale * (math.sqrt(r) if use_rslora else r)
+    alpha = int(round(alpha)) if abs(alpha - round(alpha)) < 1e-9 * max(1.0, abs(alpha)) else alpha
+    scale = alpha / (math.sqrt(r) if use_rslora else r)  # what peft/vLLM will compute from the file
+    dtype = next(iter(model.adapter_state_dict(name).values())).dtype
+    tensors = {}
+    for hf_path, a, b, s in modules:
+        pad = r - a.shape[0]
+        a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
+        b = torch.cat([b * (s / scale) if s != scale else b, b.new_zeros(b.shape[0], pad)], dim=1)
+        tensors[f"{PREFIX}{hf_path}.lora_A.weight"] = a.to(dtype).contiguous()
+        tensors[f"{PREFIX}{hf_path}.lora_B.weight"] = b.to(dtype).contiguous()
+    configs = model.adapter_configs(name)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "r": r, "lora_alpha": alpha, "use_rslora": use_rslora,
+        "lora_dropout": max((getattr(c, "dropout", 0.0) for c in configs), default=0.0),
+        "target_modules": _target_modules(model, [m[0] for m in modules], scheme),
+        "fan_in_fan_out": scheme == "gpt2", "bias": "none", "use_dora": False, "modules_to_save": None,
+        "init_lora_weights": True, "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {},
+        "layers_to_transform": None, "layers_pattern": None, "revision": None,
+    }
+    os.makedirs(directory, exist_ok=True)
+    atomic_write(os.path.join(directory, WEIGHTS_NAME),
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+
+    def write_json(tmp):
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+    atomic_write(os.path.join(directory, CONFIG_NAME), write_json)
+    return config
+
+
+def _target_modules(model, written: list[str], scheme: str) -> list[str]:
+    """Short names (``q_proj``) where they select exactly the written modules, else full paths."""
+    existing = []
+    for i, _ in enumerate(model.decoder.layers):
+        for host, block_name in _HOST_BLOCK.items():
+            block = model.decoder.layers[i].get_submodule(block_name)
+            existing += [_LAYER_PREFIX[scheme].format(i=i) + s for s, _, _ in _hf_modules(block, host, scheme)]
+    written_set, out = set(written), []
+    for short in sorted({p.rsplit(".", 1)[1] for p in written}):
+        selected = {p for p in existing if p.rsplit(".", 1)[1] == short}
+        if selected <= written_set:
+            out.append(short)
+        else:
+            out += sorted(selected & written_set)
+    return out
+
+
+# ---------------------------------------------------------------- import
+
+def read_hf_peft(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json, tensors) of an HF PEFT adapter directory, with clear errors."""
+    directory = os.path.expanduser(str(directory))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"HF PEFT adapter directory {directory!r} does not exist; pass the directory "
+                                f"written by peft's save_pretrained (it holds {CONFIG_NAME} and {WEIGHTS_NAME}).")
+    config_path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path!r} is missing: {directory!r} is not an HF PEFT adapter directory.")
+    with open(config_path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path!r} is not valid JSON ({e}).") from None
+    weights = os.path.join(directory, WEIGHTS_NAME)
+    legacy = os.path.join(directory, LEGACY_WEIGHTS_NAME)
+    if os.path.isfile(weights):
+        tensors = load_file(weights)
+    elif os.path.isfile(legacy):
+        tensors = torch.load(legacy, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{directory!r} has {CONFIG_NAME} but no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}).")
+    return config, tensors
+
+
+def _check_config(cfg: dict, source: str) -> None:
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{source}: peft_type={cfg.get('peft_type')!r} is not supported; only 'LORA' adapters "
+                         "can be loaded.")
+    if cfg.get("bias", "none") != "none":
+        raise ValueError(f"{source}: bias={cfg['bias']!r} is not supported (the adapter trains base biases); "
+                         "only bias='none' can be loaded.")
+    for field in _UNSUPPORTED:
+        if cfg.get(field):
+            raise ValueError(f"{source}: {field}={cfg[field]!r} is not supported; only plain LoRA "
+                             f"(with {field} unset) can be loaded exactly.")
+    for field in ("r", "lora_alpha"):
+        if not isinstance(cfg.get(field), (int, float)) or cfg[field] <= 0:
+            raise ValueError(f"{source}: {field}={cfg.get(field)!r}; a LoRA config needs a positive {field}.")
+    init = str(cfg.get("init_lora_weights", True)).lower()
+    if init.startswith(_BASE_CHANGING_INITS):
+        raise ValueError(f"{source}: init_lora_weights={cfg['init_lora_weights']!r} adapters expect a modified "
+                         "base model; convert them to plain LoRA with peft's "
+                         "path_initial_model_for_weight_conversion first.")
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's ``get_pattern_key`` lookup for rank_pattern / alpha_pattern."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _parse(config: dict, tensors: dict, source: str) -> dict:
+    """{HF module path: (layer, HF suffix, A, B, scale)} from the file."""
+    pairs = defaultdict(dict)
+    for key, t in tensors.items():
+        m = _KEY_RE.fullmatch(key.removeprefix(PREFIX))
+        if m is None:
+            raise ValueError(f"{source}: tensor {key!r} is not a LoRA A/B weight of a linear layer; only those "
+                             "can be loaded (no embedding LoRA, DoRA magnitudes or trained biases).")
+        pairs[m.group(1)][m.group(2)] = t
+    out = {}
+    for module, ab in pairs.items():
+        m = _MODULE_RE.fullmatch(module)
+        if m is None:
+            raise ValueError(f"{source}: LoRA on module {module!r} cannot be mapped to this model; supported: "
+                             "model.layers.N.self_attn.{q,k,v,o}_proj / mlp.{gate,up,down}_proj and "
+                             "transformer.h.N.attn.{c_attn,c_proj} / mlp.{c_fc,c_proj}.")
+        if set(ab) != {"A", "B"}:
+            raise ValueError(f"{source}: module {module!r} has lora_{'AB'.replace(''.join(ab), '')} missing.")
+        a, b = ab["A"], ab["B"]
+        r = _pattern_value(config.get("rank_pattern"), module, config["r"])
+        alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
+            raise ValueError(f"{source}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
+                             f"but the config gives it rank {r} (r / rank_pattern).")
+        scale = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
+        out[module] = (int(m.group(1)), m.group(2), a, b, scale)
+    if not out:
+        raise ValueError(f"{source}: the adapter holds no LoRA weights.")
+    return out
+
+
+def load_hf_peft(model, directory: str, name: str = "default") -> str:
+    """Load an HF PEFT LoRA adapter directory into ``model`` as adapter ``name`` (exactly).
+
+    The q/k/v (gate/up) LoRAs of a layer become one part-wise adapter on the fused host. If
+    ``name`` already exists its layout must fit (same modules and parts, rank at least the file's);
+    otherwise it is created from a config derived from the file. Returns ``name``.
+    """
+    model = _unwrap(model)
+    config, tensors = read_hf_peft(directory)
+    source = os.path.join(str(directory), CONFIG_NAME)
+    _check_config(config, source)
+    modules = _parse(config, tensors, source)
+    # group by our host: (layer, host) -> [(row start, rows, A, B, scale, HF module)]
+    layers = model.decoder.layers
+    hosts = defaultdict(list)
+    for module, (i, suffix, a, b, scale) in modules.items():
+        if i >= len(layers):
+            raise ValueError(f"{source}: module {module!r} is in layer {i}, but this model has {len(layers)} layers.")
+        host = _SUFFIX_HOST[suffix] if suffix in _SUFFIX_HOST else None
+        block = layers[i].get_submodule(_HOST_BLOCK[host]) if host else None
+        found = [(start, size) for s, start, size in (_hf_modules(block, host, _SUFFIX_SCHEME[suffix]) if host else [])
+                 if s == suffix]
+        if not found:
+            raise ValueError(f"{source}: module {module!r} has no counterpart in this model "
+                             "(e.g. gate_proj on a model without a gated MLP).")
+        (start, size), = found
+        linear = getattr(block, host)
+        if a.shape[1] != linear.in_features or b.shape[0] != size:
+            raise ValueError(f"{source}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
+                             f"but this model's {host} in layer {i} needs lora_A [r, {linear.in_features}] and "
+                             f"lora_B [{size}, r]; the adapter was made for another model.")
+        hosts[(i, host)].append((start, size, a, b, scale, module))
+    common_scale = Counter(m[4] for m in modules.values()).most_common(1)[0][0]
+    rslora = bool(config.get("use_rslora"))
+    plan = {}  # (layer, host) -> (slices, dim, scale, [(A, B, scale)])
+    for (i, host), entries in hosts.items():
+        entries.sort(key=lambda e: e[0])
+        out_features = getattr(layers[i].get_submodule(_HOST_BLOCK[host]), host).out_features
+        for (s0, n0, *_, m0), (s1, *_, m1) in zip(entries, entries[1:]):
+            if s1 < s0 + n0:
+                raise ValueError(f"{source}: modules {m0!r} and {m1!r} both adapt the same rows of {host} in "
+                                 f"layer {i}; a file may hold either the fused or the split LoRA, not both.")
+        dim = max(e[2].shape[0] for e in entries)
+        scales = [e[4] for e in entries]
+        scale = common_scale if common_scale in scales else scales[0]
+        slices = [(s, n) for s, n, *_ in entries]
+        plan[(i, host)] = (slices, dim, scale, [(a, b, s) for _, _, a, b, s, _ in entries], out_features)
+    if name not in model.adapter_names:
+        model.add_adapter(_configs_for(plan, model, rslora, float(config.get("lora_dropout") or 0.0)), name)
+        for *_, adapter in _lora_entries(model, name):
+            adapter.train(model.training)  # new modules start in train mode: no dropout in an eval model
+    _copy_in(model, plan, name, source)
+    return name
+
+
+def _part_names(block, host: str, slices) -> list[str]:
+    inverse = {v: k for k, v in host_parts(block, host).items()}
+    return [inverse.get(s) for s in slices]
+
+
+def _configs_for(plan: dict, model, rslora: bool, dropout: float) -> list[LoraPEFTConfig]:
+    """One LoraPEFTConfig per (host, parts, dim, scale), with the layers it covers."""
+    groups = defaultdict(list)
+    for (i, host), (slices, dim, scale, _, out_features) in plan.items():
+        block = model.decoder.layers[i].get_submodule(_HOST_BLOCK[host])
+        parts = _part_names(block, host, slices)
+        if slices == [(0, out_features)] or None in parts:  # the whole host (or a non-part slice)
+            if slices != [(0, out_features)]:
+                raise ValueError(f"LoRA rows {slices} of {host} in layer {i} do not match its parts.")
+            targets = (host,)
+        else:
+            hf = {p: s.rsplit(".", 1)[1] for s, p in _LLAMA[host] if p}
+            targets = tuple(hf[p] for p in parts)
+        groups[(targets, dim, scale)].append(i + 1)
+    n_layers = len(model.decoder.layers)
+    cfgs = []
+    for (targets, dim, scale), layer_numbers in sorted(groups.items(), key=lambda kv: (kv[1][0], kv[0][0])):
+        cfgs.append(LoraPEFTConfig(
+            target_modules=list(targets), dim=dim, alpha=scale * (math.sqrt(dim) if rslora else dim),
+            dropout=dropout, use_rslora=rslora, lora_B_init_method="zero",
+            layer_selection=None if len(layer_numbers) == n_layers else sorted(layer_numbers),
+        ))
+    return cfgs
+
+
+@torch.no_grad()
+def _copy_in(model, plan: dict, name: str, source: str) -> None:
+    slots = {}
+    for path, block, host, adapter in _lora_entries(model, name):
+        slots[(_layer_of(path), host)] = adapter
+    extra = sorted(set(slots) - set(plan))
+    missing = sorted(set(plan) - set(slots))
+    if extra or missing:
+        raise ValueError(f"{source}: existing adapter {name!r} does not fit the file: it adapts (layer, host) "
+                         f"{extra[:4]} that the file lacks and lacks {missing[:4]}. Load under a new name.")
+    for key, (slices, dim, scale, weights, _) in plan.items():
+        adapter = slots[key]
+        if adapter.out_slices != slices or adapter.dim < dim:
+            raise ValueError(f"{source}: existing adapter {name!r} on {key[1]} of layer {key[0]} has slices "
+                             f"{adapter.out_slices} and rank {adapter.dim}; the file needs {slices} and rank {dim}.")
+        lora_a = torch.zeros(adapter.lora_a.shape)
+        lora_b = torch.zeros(adapter.lora_b.shape)
+        b_offset = 0
+        for p, (a, b, s) in enumerate(weights):
+            r = a.shape[0]
+            lora_a[p * adapter.dim:p * adapter.dim + r] = a.float()
+            lora_b[b_offset:b_offset + b.shape[0], :r] = b.float() * (s / adapter.scale) if s != adapter.scale \
+                else b.float()
+            b_offset += b.shape[0]
+        adapter.lora_a.copy_(lora_a)
+        adapter.lora_b.copy_(lora_b)
