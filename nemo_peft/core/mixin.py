@@ -15,7 +15,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from nemo_peft.core import adapter_io
+from nemo_peft.core import adapter_io, routing
 from nemo_peft.core.slots import AdapterSlot
 from nemo_peft.peft.base import PEFTConfig, SlotContext
 
@@ -75,6 +75,19 @@ class AdapterMixin:
         self.freeze_base()
         self.set_active_adapters(self.active_adapters + [name])
 
+    def delete_adapter(self, name: str) -> None:
+        """Remove ``name`` from every slot, the configs and the active list (unmerge it first)."""
+        routing.delete_adapter(self, name)
+
+    def add_weighted_adapter(self, adapters, weights, new_name: str, activate: bool = False) -> None:
+        """New LoRA adapter ``new_name`` whose update is exactly sum_i weights[i] * scale_i * B_i @ A_i.
+
+        LoRA adapters only. Added inactive (the active set is unchanged) unless ``activate``.
+        See ``nemo_peft.peft.combine``."""
+        from nemo_peft.peft.combine import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, new_name, activate=activate)
+
     def freeze_base(self) -> None:
         """Only adapter parameters train; the base is frozen."""
         for p in self.parameters():
@@ -115,6 +128,14 @@ class AdapterMixin:
             yield self
         finally:
             self.set_active_adapters(saved)
+
+    def route(self, adapter_names):
+        """Context manager for mixed batches: row i runs only adapter ``adapter_names[i]``
+        (``None`` / ``"__base__"``: the base model), whatever is active; restored on exit.
+
+        ``with model.route(["a", None, "b"]): logits = model(ids)``; ``generate`` works inside too.
+        LoRA, IA3 and canonical adapters only (not virtual-token / prefix ones); nothing may be merged."""
+        return routing.route(self, adapter_names)
 
     # ---- merging ----
     @property
