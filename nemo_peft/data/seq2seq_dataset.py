@@ -1,0 +1,223 @@
+"""JSONL sequence-to-sequence data for encoder-decoder (T5) fine-tuning, NeMo-style.
+
+Each line is one JSON object; ``context_key`` names the field the encoder reads and
+``label_key`` the field the decoder learns to produce, e.g. {"input": "...", "output": "..."}.
+``collate_seq2seq`` pads a batch: encoder ids and mask, decoder inputs (the start token
+followed by the labels shifted right), labels with padding set to -100, answers, metadata.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nemo_peft.data.datamodule import LOADER_KEYS, SFTDataModule
+from nemo_peft.data.sampler import EpochShuffleSampler
+from nemo_peft.data.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value cross_entropy skips (padding)
+DATASET_KEYS = ("file_names", "context_key", "label_key", "max_seq_length", "max_target_length", "add_eos",
+                "max_num_samples")
+
+
+class Seq2SeqDataset(Dataset):
+    """(context, label) pairs tokenized for teacher-forced encoder-decoder training.
+
+    Items are dicts: ``input_ids`` (the encoder's context tokens, + EOS), ``label_ids`` (the
+    answer tokens, + EOS), ``answer`` (the stripped label text, for evaluation) and
+    ``metadata`` (the record). Records are read and checked when the dataset is built, so bad
+    data fails before training; tokenization happens per item.
+    """
+
+    def __init__(
+        self,
+        file_names: list[str] | str,
+        tokenizer: Tokenizer,
+        context_key: str = "input",
+        label_key: str = "output",
+        max_seq_length: int = 512,
+        max_target_length: int | None = None,
+        add_eos: bool = True,
+        max_num_samples: int | None = None,
+    ):
+        if isinstance(file_names, (str, os.PathLike)):
+            file_names = [file_names]
+        self.file_names = [os.fspath(f) for f in file_names]
+        if not self.file_names:
+            raise ValueError("file_names is empty: give at least one JSONL file of training records.")
+        max_target_length = max_seq_length if max_target_length is None else max_target_length
+        for name, value in (("max_seq_length", max_seq_length), ("max_target_length", max_target_length)):
+            if value < 1:
+                raise ValueError(f"{name}={value} is too small: it must be at least 1.")
+        if max_num_samples is not None and max_num_samples <= 0:
+            raise ValueError(f"max_num_samples={max_num_samples} must be a positive number or None (use all).")
+        if add_eos and tokenizer.eos_id is None:
+            raise ValueError("add_eos=True but the tokenizer has no eos_id: set add_eos=False or give the "
+                             "tokenizer one.")
+        if context_key == label_key:
+            raise ValueError(f"context_key and label_key are both {context_key!r}; the model would learn to copy "
+                             "its input. Point them at different fields.")
+        self.tokenizer = tokenizer
+        self.context_key, self.label_key = context_key, label_key
+        self.max_seq_length, self.max_target_length = max_seq_length, max_target_length
+        self.add_eos = add_eos
+        self.max_num_samples = max_num_samples
+        self._warned = {"context": False, "label": False}
+        self.records = self._load_records()
+
+    # --- files ----------------------------------------------------------------------------
+    def _load_records(self) -> list[dict]:
+        records: list[dict] = []
+        for path in self.file_names:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Seq2seq data file not found: {path!r}. Check file_names "
+                                        "(paths are relative to the working directory).")
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue  # blank lines (e.g. a trailing newline) are harmless
+                    records.append(self._parse_line(line, path, lineno))
+                    if self.max_num_samples is not None and len(records) >= self.max_num_samples:
+                        return records
+        if not records:
+            raise ValueError(f"No records in {self.file_names}: the files are empty or only blank lines. "
+                             "Point file_names at JSONL files with one JSON object per line.")
+        return records
+
+    def _parse_line(self, line: str, path: str, lineno: int) -> dict:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {lineno}: malformed JSON ({e}). Each line must be one JSON object "
+                             "such as {\"input\": \"...\", \"output\": \"...\"}; fix or remove the line.") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {lineno}: expected a JSON object per line, got "
+                             f"{type(record).__name__}. Write each record as {{\"field\": value, ...}}.")
+        for key, role, option in ((self.context_key, "context", "context_key"),
+                                  (self.label_key, "label", "label_key")):
+            if key not in record:
+                raise ValueError(f"{path}, line {lineno}: record has no {role} field {key!r} (keys present: "
+                                 f"{sorted(record)}). Set {option} to the field holding the {role}, or add the "
+                                 "field to the data.")
+        return record
+
+    # --- tokenization ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, idx: int) -> dict:
+        record = self.records[idx]
+        input_ids, label_ids = self.tokenize_record(record)
+        return {"input_ids": input_ids, "label_ids": label_ids, "answer": str(record[self.label_key]).strip(),
+                "metadata": dict(record)}
+
+    def tokenize_record(self, record: dict) -> tuple[list[int], list[int]]:
+        """(encoder ids, label ids), each cut from the right to its limit (the EOS is kept)."""
+        eos = [self.tokenizer.eos_id] if self.add_eos else []
+        context = self._cut(self.tokenizer.encode(str(record[self.context_key])), eos, self.max_seq_length,
+                            "context", "max_seq_length")
+        label = self._cut(self.tokenizer.encode(str(record[self.label_key])), eos, self.max_target_length,
+                          "label", "max_target_length")
+        return context, label
+
+    def _cut(self, ids: list[int], eos: list[int], limit: int, role: str, option: str) -> list[int]:
+        if len(ids) + len(eos) <= limit:
+            return ids + eos
+        if not self._warned[role]:  # once per dataset, not once per item
+            logger.warning("A %s of %d tokens exceeds %s=%d; cutting from the right. Raise %s to keep it whole.",
+                           role, len(ids) + len(eos), option, limit, option)
+            self._warned[role] = True
+        return (ids[:max(limit - len(eos), 0)] + eos)[:limit]
+
+
+def collate_seq2seq(batch: list[dict], pad_id: int, decoder_start_id: int,
+                    pad_to_multiple_of: int | None = None) -> dict:
+    """Right-pad a list of Seq2SeqDataset items into tensors.
+
+    ``decoder_input_ids[t]`` is the start token for t = 0 and ``labels[t-1]`` after, so the
+    decoder predicts ``labels[t]`` at step t; padded label positions are -100 (ignored by the
+    loss) and ``decoder_attention_mask`` is 1 on real decoder positions.
+    """
+    if not batch:
+        raise ValueError("collate_seq2seq got an empty batch; the data loader produced no items.")
+
+    def width(key):
+        n = max(max(len(item[key]) for item in batch), 1)
+        m = pad_to_multiple_of
+        return (n + m - 1) // m * m if m else n
+
+    size, s, t = len(batch), width("input_ids"), width("label_ids")
+    input_ids = torch.full((size, s), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((size, s), dtype=torch.long)
+    decoder_input_ids = torch.full((size, t), pad_id, dtype=torch.long)
+    decoder_attention_mask = torch.zeros((size, t), dtype=torch.long)
+    labels = torch.full((size, t), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(batch):
+        ids, lab = item["input_ids"], item["label_ids"]
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+        if lab:
+            labels[row, :len(lab)] = torch.tensor(lab, dtype=torch.long)
+            decoder_input_ids[row, :len(lab)] = torch.tensor([decoder_start_id] + lab[:-1], dtype=torch.long)
+            decoder_attention_mask[row, :len(lab)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "decoder_input_ids": decoder_input_ids,
+        "decoder_attention_mask": decoder_attention_mask,
+        "labels": labels,
+        "answers": [item["answer"] for item in batch],
+        "metadata": [item["metadata"] for item in batch],
+    }
+
+
+class Seq2SeqDataModule(SFTDataModule):
+    """``SFTDataModule`` for Seq2SeqDatasets: the same per-split mappings (``train_ds`` ...) with
+    Seq2SeqDataset arguments plus ``micro_batch_size``, ``shuffle``, ``num_workers``, ``seed``."""
+
+    def __init__(self, tokenizer: Tokenizer, decoder_start_id: int | None = None, train_ds: Mapping | None = None,
+                 validation_ds: Mapping | None = None, test_ds: Mapping | None = None,
+                 predict_ds: Mapping | None = None):
+        super().__init__(tokenizer, train_ds, validation_ds, test_ds, predict_ds)
+        self.decoder_start_id = self.pad_id if decoder_start_id is None else decoder_start_id
+
+    @staticmethod
+    def _check_config(split: str, cfg: Mapping | None) -> dict | None:
+        if cfg is None:
+            return None
+        valid = DATASET_KEYS + LOADER_KEYS
+        for key in dict(cfg):
+            if key not in valid:
+                raise ValueError(f"Unknown key {key!r} in {split}_ds; valid keys are: {', '.join(valid)}.")
+        # file_names and the loader options get SFTDataModule's checks and defaults
+        shared = {k: v for k, v in dict(cfg).items() if k in LOADER_KEYS or k == "file_names"}
+        checked = SFTDataModule._check_config(split, shared)
+        return {**dict(cfg), **checked}
+
+    def _dataset(self, split: str) -> Seq2SeqDataset:
+        if split not in self.datasets:
+            cfg = self.configs[split]
+            if cfg is None:
+                raise ValueError(f"No {split}_ds configured but {split} data was asked for: set "
+                                 f"{split}_ds (at least file_names) in the data config.")
+            kwargs = {k: v for k, v in cfg.items() if k in DATASET_KEYS}
+            self.datasets[split] = Seq2SeqDataset(tokenizer=self.tokenizer, **kwargs)
+        return self.datasets[split]
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self._dataset(split)
+        cfg = self.configs[split]
+        return DataLoader(
+            dataset,
+            batch_size=int(cfg["micro_batch_size"]),
+            sampler=EpochShuffleSampler(len(dataset), seed=int(cfg["seed"]), shuffle=bool(cfg["shuffle"])),
+            collate_fn=functools.partial(collate_seq2seq, pad_id=self.pad_id, decoder_start_id=self.decoder_start_id),
+            num_workers=int(cfg["num_workers"]),
+        )
