@@ -79,6 +79,7 @@ class LoraAdapter(nn.Module):
     @torch.no_grad()
     def merge(self, host: nn.Linear, sign: float = 1.0) -> None:
         """Fold the update into ``host.weight`` (sign=-1 takes it out again)."""
+        check_mergeable(host)
         for start, size, delta in self.delta_weight():
             rows = host.weight[start:start + size]
             rows.copy_((rows.float() + sign * delta).to(rows.dtype))
@@ -90,6 +91,15 @@ class LoraAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, alpha={self.alpha}, slices={self.out_slices}" + (", rslora" if self.use_rslora else "")
+
+
+def check_mergeable(host: nn.Module) -> None:
+    """A quantized host (QLoRA's ``NF4Linear``) has no dense weight to fold an update into."""
+    if getattr(host, "quantized", False) or not isinstance(getattr(host, "weight", None), torch.Tensor):
+        raise TypeError(
+            f"Cannot merge an adapter into {type(host).__name__}: its weight is quantized (4-bit NF4, QLoRA), "
+            "and merging is only supported for full-precision linears. Keep the adapter unmerged, or load the "
+            "base model without quantization, add the adapter (load_adapters) and merge there.")
 
 
 @register("lora")
@@ -108,6 +118,12 @@ class LoraPEFTConfig(PEFTConfig):
     lora_B_init_method: str = "zero"
     layer_selection: list[int] | None = None  # 1-based layer numbers; None = all layers
     use_rslora: bool = False  # rank-stabilized LoRA: scale = alpha / sqrt(dim) instead of alpha / dim
+    # Per-module overrides of dim / alpha: {target: value}, each key a target name, wildcard or regex
+    # matched like ``target_modules`` (on the host path, e.g. 'decoder.layers.0.self_attention.linear_qkv').
+    # When several keys match one module, the later key wins. The parts of one fused host that share
+    # an adapter (q and v of linear_qkv, say) share one A/B stack, so they must resolve to one value.
+    rank_pattern: dict[str, int] | None = None
+    alpha_pattern: dict[str, float] | None = None
 
     aliases = {
         "adapter_dim": "dim",
@@ -131,6 +147,16 @@ class LoraPEFTConfig(PEFTConfig):
                 raise ValueError(f"Unknown init method {m!r}; choose one of {INIT_METHODS}.")
         if self.layer_selection is not None:
             self.layer_selection = [int(i) for i in self.layer_selection]
+        self.rank_pattern = _check_pattern("rank_pattern", self.rank_pattern, int)
+        self.alpha_pattern = _check_pattern("alpha_pattern", self.alpha_pattern, float)
+
+    def make_adapter(self, ctx: SlotContext, slices: list[tuple[int, int]], dim: int, alpha: float) -> nn.Module:
+        """The adapter for one host (subclasses build their own kind: DoRA, QLoRA)."""
+        host = getattr(ctx.block, ctx.spec.host)
+        return LoraAdapter(
+            host.in_features, slices, dim, alpha, self.dropout, self.dropout_position,
+            self.lora_A_init_method, self.lora_B_init_method, self.use_rslora,
+        )
 
     def build_adapters(self, slots: list[SlotContext]):
         built, matched = {}, set()
@@ -148,20 +174,74 @@ class LoraPEFTConfig(PEFTConfig):
             host = getattr(ctx.block, ctx.spec.host)
             if "all" in chosen:  # one fused adapter over the whole output
                 slices = [(0, host.out_features)]
+                units = ["all"]
             else:  # one A_p/B_p per chosen part, in the host's part order
                 slices = [offset_size for name, offset_size in parts.items() if name in chosen]
-            built[ctx.key] = LoraAdapter(
-                host.in_features, slices, self.dim, self.alpha, self.dropout, self.dropout_position,
-                self.lora_A_init_method, self.lora_B_init_method, self.use_rslora,
-            )
+                units = [name for name in parts if name in chosen]
+            dim = self._pattern_value("rank_pattern", self.rank_pattern, self.dim, ctx, parts, units)
+            alpha = self._pattern_value("alpha_pattern", self.alpha_pattern, self.alpha, ctx, parts, units)
+            built[ctx.key] = self.make_adapter(ctx, slices, dim, alpha)
+        example = lora_slots[0].host_path if lora_slots else "decoder.layers.0.self_attention.linear_qkv"
         unmatched = [t for t in self.target_modules if t not in matched]
         if unmatched:
-            example = lora_slots[0].host_path if lora_slots else "decoder.layers.0.self_attention.linear_qkv"
             raise ValueError(f"LoRA target(s) {unmatched} matched no module in this model. "
                              + known_names_message(example))
+        for what in ("rank_pattern", "alpha_pattern"):
+            patterns = getattr(self, what) or {}
+            unused = [k for k in patterns if not any(
+                select_parts(k, s.spec.host, s.host_path, host_parts(s.block, s.spec.host)) for s in lora_slots)]
+            if unused:
+                raise ValueError(f"{what} key(s) {unused} matched no module in this model. "
+                                 + known_names_message(example))
         if not built:
             raise ValueError(
                 f"layer_selection={self.layer_selection} selects no layer of this model "
                 "(layer numbers are 1-based); pick numbers between 1 and the model's num_layers."
             )
         return built
+
+    @staticmethod
+    def _pattern_value(what: str, patterns: dict | None, default, ctx: SlotContext, parts: dict, units: list[str]):
+        """The value of ``rank_pattern``/``alpha_pattern`` for the adapter on ``ctx``'s host.
+
+        ``units`` are the parts one adapter covers (["all"] for a fused adapter over the whole host).
+        Later keys win; the units of one adapter must agree, as they share one rank and one scale."""
+        if not patterns:
+            return default
+        values = {u: default for u in units}
+        for key, value in patterns.items():
+            sel = select_parts(key, ctx.spec.host, ctx.host_path, parts)
+            if not sel:
+                continue
+            if "all" in sel:
+                hit = units
+            elif units == ["all"]:
+                raise ValueError(
+                    f"{what} key {key!r} selects only part(s) {sorted(sel)} of {ctx.host_path}, but the adapter "
+                    "there covers the whole fused module (one A/B); target the parts separately "
+                    "(e.g. q_proj, k_proj, v_proj) or give the pattern for the whole module.")
+            else:
+                hit = [u for u in units if u in sel]
+            for u in hit:
+                values[u] = value
+        distinct = set(values.values())
+        if len(distinct) > 1:
+            raise ValueError(
+                f"{what} gives different values {values} to the parts of {ctx.host_path}; those parts share "
+                "one adapter (stacked A/B with one rank and one scale), so give them the same value.")
+        return distinct.pop()
+
+
+def _check_pattern(what: str, patterns, kind) -> dict | None:
+    if patterns is None:
+        return None
+    if not hasattr(patterns, "items"):
+        raise ValueError(f"{what} must be a mapping {{target: value}}, got {type(patterns).__name__}.")
+    out = {}
+    for key, value in patterns.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ValueError(f"{what}[{key!r}] = {value!r}; expected {'an integer' if kind is int else 'a number'}.")
+        if value <= 0:
+            raise ValueError(f"{what}[{key!r}] = {value!r}; it must be positive.")
+        out[str(key)] = kind(value)
+    return out

@@ -18,6 +18,8 @@ PEFT_SCHEMES: dict[str, tuple[str, str]] = {
     "ptuning": ("p_tuning", "ptuning"),
     "prompt_tuning": ("prompt_tuning", "prompt_tuning"),
     "prefix_tuning": ("prefix_tuning", "prefix_tuning"),
+    "dora": ("dora_tuning", "dora"),
+    "qlora": ("qlora_tuning", "qlora"),
 }
 
 
