@@ -93,7 +93,8 @@ def _lora_entries(model, name: str):
     for path, slot in model.adapter_slots_by_path().items():
         if name in slot.adapters:
             adapter = slot.adapters[name]
-            if not isinstance(adapter, LoraAdapter):
+            # DoRA subclasses LoRA but its magnitudes have no place in this plain-LoRA export.
+            if not isinstance(adapter, LoraAdapter) or hasattr(adapter, "magnitude"):
                 raise ValueError(f"Adapter {name!r} at {path} is {type(adapter).__name__}; only LoRA adapters can "
                                  "be written in the Hugging Face PEFT format.")
             yield path, model.get_submodule(path.rsplit(".", 1)[0]), slot.spec.host, adapter

@@ -342,3 +342,17 @@ def test_pattern_errors(kwargs, match):
 def test_pattern_values_are_checked(kwargs):
     with pytest.raises(ValueError, match="pattern"):
         LoraPEFTConfig(**kwargs)
+
+
+def test_dora_is_not_exported_as_plain_hf_lora(tmp_path):
+    import pytest
+
+    from nemo_peft.convert.hf_peft import save_hf_peft
+    from nemo_peft.peft.dora import DoraPEFTConfig
+    from tests.conftest import make_model
+
+    model = make_model("llama")
+    model.add_adapter(DoraPEFTConfig(target_modules=["q_proj"], dim=2))
+    with pytest.raises(ValueError, match="DoraAdapter"):
+        save_hf_peft(model, str(tmp_path), "base", model_type="llama")
+    assert not (tmp_path / "adapter_model.safetensors").exists()
