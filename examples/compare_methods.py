@@ -32,7 +32,11 @@ def main():
     args = parser.parse_args(argv)
     register_resolvers()
     conf_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")
-    rows = []
+    header = ["| method | trainable params | exact match before | exact match after | minutes |",
+              "|---|---|---|---|---|"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write("\n".join(header) + "\n")
     for scheme in [m.replace("+", ",") for m in args.methods.split(",")]:
         first = scheme.split(",")[0]
         overrides = [f"model.peft.peft_scheme='{scheme}'", f"name=compare_{scheme.replace(',', '_')}",
@@ -43,16 +47,13 @@ def main():
             cfg = compose("finetune", overrides=overrides + extra)
         start = time.time()
         result = run_finetune(cfg)
-        rows.append((scheme, result["module"].model.num_trainable_parameters(), result["exact_match_before"],
-                     result["exact_match_after"], (time.time() - start) / 60))
-    lines = ["| method | trainable params | exact match before | exact match after | minutes |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {m} | {p:,} | {b:.0f}% | {a:.0f}% | {t:.1f} |" for m, p, b, a, t in rows]
-    table = "\n".join(lines)
-    print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        f.write(table + "\n")
+        row = (f"| {scheme} | {result['module'].model.num_trainable_parameters():,} | "
+               f"{result['exact_match_before']:.0f}% | {result['exact_match_after']:.0f}% | "
+               f"{(time.time() - start) / 60:.1f} |")
+        print(row)
+        with open(args.output, "a") as f:  # row by row, so an interrupted run keeps what it measured
+            f.write(row + "\n")
+    print(open(args.output).read())
 
 
 if __name__ == "__main__":
