@@ -49,3 +49,23 @@ def test_bad_config_is_a_clear_error(tmp_path, override, message):
                       override, f"exp_manager.output_dir={tmp_path / 'x'}", cwd=tmp_path)
     assert res.returncode != 0
     assert message in res.stderr
+
+
+@pytest.mark.parametrize("schemes", ["ptuning,adapter", "lora,ia3"])
+def test_comma_list_of_schemes_trains_saves_and_generates(tiny_task, tmp_path, schemes):
+    out = tmp_path / "run"
+    ft = run_example(
+        "finetune.py", "model=tiny", f"model.peft.peft_scheme={schemes}", f"exp_manager.output_dir={out}",
+        "trainer.max_steps=3", "eval_before=false", "exp_manager.checkpoint=null",
+        "model.peft.p_tuning.bottleneck_dim=16", "model.peft.p_tuning.embedding_dim=16",
+        f"data.train_ds.file_names=[{tiny_task['train']}]", f"data.test_ds.file_names=[{tiny_task['test']}]",
+        f"data.validation_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    saved = json.load(open(out / "adapter" / "adapter_config.json"))["adapters"]["default"]
+    assert [c["method"] for c in saved] == [{"adapter": "adapter"}.get(s, s) for s in schemes.split(",")]
+    preds = tmp_path / "preds.jsonl"
+    gen = run_example("generate.py", "model=tiny", f"adapter_path={out / 'adapter'}", f"output_file={preds}",
+                      f"data.predict_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false",
+                      cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert len(open(preds).readlines()) == 16
