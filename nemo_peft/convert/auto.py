@@ -23,18 +23,21 @@ def _directory_kind(path: str) -> str:
             cfg = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path!r} is not valid JSON ({e}).") from None
-    if isinstance(cfg, dict) and cfg.get("format") == native.FORMAT:
+    if native.format_of(cfg):
         return "native"
     if isinstance(cfg, dict) and "model_type" in cfg:
-        return "hf"
+        from nemo_peft.convert.hf_t5 import is_hf_t5_config
+
+        return "hf_t5" if is_hf_t5_config(cfg) else "hf"
     raise ValueError(
-        f"{cfg_path!r} is neither a nemo_peft model config (format={native.FORMAT!r}) nor a Hugging Face "
+        f"{cfg_path!r} is neither a nemo_peft model config (format one of {sorted(native.MODEL_CLASSES)}) nor a Hugging Face "
         "config.json (it has no 'model_type'), so this directory cannot be loaded."
     )
 
 
 def load_pretrained(path: str | None, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) from a GGUF file, our native directory, or a Hugging Face directory.
+    """Load (model, tokenizer) from a GGUF file, our native directory (GPT or T5), or a Hugging Face
+    directory (GPT-style families, or T5/mT5).
 
     ``None`` or ``"default"`` means the embedded SmolLM2-135M-Instruct GGUF file.
     """
@@ -53,8 +56,13 @@ def load_pretrained(path: str | None, dtype: torch.dtype = torch.float32):
         if path.endswith(".gguf"):
             return load_gguf(path, dtype=dtype)
         raise ValueError(f"Model file {path!r} is not a .gguf file; pass a GGUF file or a model directory.")
-    if _directory_kind(path) == "native":
+    kind = _directory_kind(path)
+    if kind == "native":
         return native.load_model(path, dtype=dtype)
+    if kind == "hf_t5":
+        from nemo_peft.convert.hf_t5 import load_hf_t5
+
+        return load_hf_t5(path, dtype=dtype)
     from nemo_peft.convert.hf import load_hf
 
     return load_hf(path, dtype=dtype)

@@ -17,6 +17,7 @@ from nemo_peft.peft.base import PEFTConfig, SlotContext, register
 # target name (ours, NeMo-ish and Hugging Face) -> slot
 IA3_TARGETS = {"key": "ia3_key", "value": "ia3_value", "mlp": "ia3_mlp",
                "k_proj": "ia3_key", "v_proj": "ia3_value", "down_proj": "ia3_mlp",
+               "k": "ia3_key", "v": "ia3_value", "wo": "ia3_mlp",  # T5 (peft's IA3 default for T5)
                "ia3_key": "ia3_key", "ia3_value": "ia3_value", "ia3_mlp": "ia3_mlp"}
 
 

@@ -46,7 +46,7 @@ def _torchao_nf4():
             from torchao.quantization.quantize_.workflows.nf4 import nf4_tensor as nf4  # torchao >= 0.17
         except ImportError:
             from torchao.dtypes import nf4tensor as nf4  # older torchao
-        _ = (nf4.NF4Tensor, nf4.SubclassTensorArgs, nf4.to_nf4, nf4.linear_nf4, nf4.get_block_absmax)
+        _ = (nf4.to_nf4, nf4.get_block_absmax)
     except (ImportError, AttributeError) as e:
         raise ImportError(f"QLoRA stores base weights in 4-bit NF4 using torchao, which is not available "
                           f"({type(e).__name__}: {e}). Install it with: {INSTALL_HINT}") from e
@@ -62,13 +62,26 @@ def _scaler_block_size(n_blocks: int) -> int:
     return max(d for d in range(1, min(n_blocks, 256) + 1) if n_blocks % d == 0)
 
 
+class _NF4Matmul(torch.autograd.Function):
+    """x @ W.T with W dequantized on the fly, in forward and again in backward (for x's gradient):
+    the full-precision weight lives only for one matmul. W is frozen, so it gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "NF4Linear", dtype: torch.dtype) -> torch.Tensor:
+        ctx.layer, ctx.dtype = layer, dtype
+        return x @ layer.dequantize(dtype).T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad @ ctx.layer.dequantize(ctx.dtype).to(grad.dtype), None, None
+
+
 class NF4Linear(nn.Module):
     """A frozen ``nn.Linear`` with its weight in 4-bit NF4 (torchao); the bias stays in full precision.
 
     Same ``in_features``/``out_features``/``bias`` as the linear it replaces; there is no dense
-    ``.weight`` (``dequantize()`` makes a full-precision copy). Forward dequantizes inside torchao's
-    ``linear_nf4`` for the matmul (and again in backward, for the input's gradient), so no
-    full-precision weight is kept. Input is cast to ``compute_dtype`` (None: the input's dtype)
+    ``.weight`` (``dequantize()`` makes a full-precision copy). Forward dequantizes for the matmul
+    (and again in backward, for the input's gradient), so no full-precision weight is kept. Input is cast to ``compute_dtype`` (None: the input's dtype)
     and the output back to the input's dtype.
 
     ``scales`` (a frozen Parameter, in the original weight's dtype) is what ``parameters()``
@@ -128,29 +141,33 @@ class NF4Linear(nn.Module):
             mod.bias.copy_(linear.bias.detach())
         return mod
 
-    def _nf4_tensor(self, dtype: torch.dtype):
-        """A torchao ``NF4Tensor`` view of the stored data (no copy), dequantizing to ``dtype``."""
-        nf4 = _torchao_nf4()
-        meta = nf4.SubclassTensorArgs(torch.Size((self.out_features, self.in_features)), (self.in_features, 1), 0,
-                                      dtype, self.quantized_data.device, False)
-        if self.double_quant:
-            scalers, factor, mean = self.quantized_scalers, self.scales, self.scaler_mean
-        else:  # exact scales: one "scaler block" holding every block's absmax, divided by 1, plus 0
-            scalers, factor, mean = self.scales, self.scales.new_ones(1), self.scales.new_zeros(())
-        return nf4.NF4Tensor(meta, self.block_size, self.n_blocks, self.scaler_block_size, scalers, factor, mean,
-                             self.quantized_data, self.nf4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = self.compute_dtype or x.dtype
-        out = _torchao_nf4().linear_nf4(x.to(dtype), self._nf4_tensor(dtype))
-        if self.bias is not None:
-            out = out + self.bias.to(dtype)
-        return out.to(x.dtype)
+    def block_scales(self, dtype: torch.dtype) -> torch.Tensor:
+        """The absmax of every block, [n_blocks] (undoing the int8 double quantization, as torchao does)."""
+        if not self.double_quant:
+            return self.scales.to(dtype)
+        scalers = self.quantized_scalers.view(-1, self.scaler_block_size) / self.scales.unsqueeze(-1)
+        return scalers.flatten().to(dtype) + self.scaler_mean.to(dtype)
 
     @torch.no_grad()
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """A full-precision copy of the (quantized) weight, [out_features, in_features]."""
-        return self._nf4_tensor(dtype or self.scales.dtype).get_original_weight()
+        """A full-precision copy of the (quantized) weight, [out_features, in_features].
+
+        Bit-equal to torchao's ``NF4Tensor.get_original_weight`` (level * block absmax), but one
+        gather from a 256-entry table of value pairs (a byte holds two codes, high nibble first)
+        instead of two gathers and an interleave: ~4x faster on CPU, where the dequantize is most of
+        a QLoRA forward."""
+        dtype = dtype or self.scales.dtype
+        idx = torch.arange(256, device=self.nf4.device)
+        pairs = torch.stack([self.nf4[idx >> 4], self.nf4[idx & 15]], -1).to(dtype)  # [256, 2]
+        w = pairs.index_select(0, self.quantized_data.int()).view(self.n_blocks, self.block_size)
+        return w.mul_(self.block_scales(dtype).unsqueeze(-1)).view(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype or x.dtype
+        out = _NF4Matmul.apply(x.to(dtype), self, dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(dtype)
+        return out.to(x.dtype)
 
     def quantized_nbytes(self) -> int:
         """Bytes that hold the weight: 4-bit codes, scales (and their int8 form), the NF4 levels."""

@@ -11,8 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 from nemo_peft.convert.auto import load_pretrained
 from nemo_peft.data.datamodule import SFTDataModule
 from nemo_peft.data.tokenizer import Tokenizer
+from nemo_peft.data.seq2seq_dataset import Seq2SeqDataModule
 from nemo_peft.models.gpt import GPTConfig, GPTModel
 from nemo_peft.models.lightning import GPTSFTModel
+from nemo_peft.models.lightning_t5 import T5SFTModel
+from nemo_peft.models.t5 import T5Config, T5Model
 from nemo_peft.peft.schemes import configs_from_peft_section
 from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
 
@@ -43,29 +46,66 @@ def to_dict(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
+ARCHS = {"gpt": GPTModel, "t5": T5Model}  # model.arch -> the model class it means
+
+
+def _arch(model_cfg: DictConfig) -> str:
+    arch = model_cfg.get("arch", "gpt")
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch={arch!r} is not known; use one of {sorted(ARCHS)} "
+                         "(gpt: decoder-only, t5: encoder-decoder).")
+    return arch
+
+
+def _scratch_model(arch: str, scratch: dict, tokenizer: Tokenizer):
+    """A fresh random model of ``arch`` whose special ids are the byte-level tokenizer's."""
+    if arch == "t5":
+        ids = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
+               "eos_token_id": tokenizer.eos_id, "decoder_start_token_id": tokenizer.pad_id}
+        try:
+            return T5Model(T5Config.from_dict({**ids, **scratch}))
+        except ValueError as e:  # name the GPT options a T5 does not take
+            gpt_only = sorted(k for k in scratch if k in GPTConfig.__dataclass_fields__)
+            hint = f" {gpt_only} are GPTConfig options (model.arch=gpt)." if gpt_only else ""
+            raise ValueError(f"model.from_scratch for arch=t5: {e}{hint}") from None
+    ids = {"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_id,
+           "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    try:
+        return GPTModel(GPTConfig.from_dict({**ids, **scratch}))
+    except ValueError as e:
+        t5_only = sorted(k for k in scratch if k in T5Config.__dataclass_fields__)
+        hint = f" {t5_only} are T5Config options: set model.arch=t5 (or use model=t5)." if t5_only else ""
+        raise ValueError(f"model.from_scratch for arch=gpt: {e}{hint}") from None
+
+
 def load_base(model_cfg: DictConfig):
-    """(model, tokenizer) from ``restore_from_path``, or a fresh random model from
-    ``from_scratch`` (a GPTConfig mapping) with the byte-level tokenizer."""
+    """(model, tokenizer) from ``restore_from_path``, or a fresh random model of ``arch`` from
+    ``from_scratch`` (a GPTConfig or T5Config mapping) with the byte-level tokenizer."""
+    arch = _arch(model_cfg)
     scratch = model_cfg.get("from_scratch")
     if scratch is None:
-        return load_pretrained(model_cfg.get("restore_from_path"))
+        model, tokenizer = load_pretrained(model_cfg.get("restore_from_path"))
+        if not isinstance(model, ARCHS[arch]):
+            found = next(a for a, cls in ARCHS.items() if isinstance(model, cls))
+            raise ValueError(f"model.arch={arch} but {model_cfg.get('restore_from_path') or 'the default model'!r} "
+                             f"holds a {type(model).__name__} ({found}); set model.arch={found}.")
+        return model, tokenizer
     if model_cfg.get("restore_from_path"):
         raise ValueError("Set either model.restore_from_path or model.from_scratch, not both.")
     tokenizer = Tokenizer.byte_level()
     torch.manual_seed(int(model_cfg.get("init_seed", 0)))
-    cfg = GPTConfig.from_dict({"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_id,
-                               "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
-                               **to_dict(scratch)})
-    return GPTModel(cfg), tokenizer
+    return _scratch_model(arch, to_dict(scratch), tokenizer), tokenizer
 
 
 def build_model(model_cfg: DictConfig) -> GPTSFTModel:
+    """GPTSFTModel for a GPT-style base, T5SFTModel for a T5-style one, with the PEFT section applied."""
     model, tokenizer = load_base(model_cfg)
     if tokenizer is None:
         raise ValueError(f"{model_cfg.get('restore_from_path')!r} has no tokenizer.json; the recipes need one.")
-    module = GPTSFTModel(model, tokenizer, optim=to_dict(model_cfg.get("optim")),
-                         generation=to_dict(model_cfg.get("generation")),
-                         eval_exact_match=model_cfg.get("eval_exact_match", True))
+    module_cls = T5SFTModel if isinstance(model, T5Model) else GPTSFTModel
+    module = module_cls(model, tokenizer, optim=to_dict(model_cfg.get("optim")),
+                        generation=to_dict(model_cfg.get("generation")),
+                        eval_exact_match=model_cfg.get("eval_exact_match", True))
     peft = model_cfg.get("peft")
     if peft is not None and peft.get("peft_scheme"):
         module.add_adapter(configs_from_peft_section(to_dict(peft), tokenizer))
@@ -74,13 +114,32 @@ def build_model(model_cfg: DictConfig) -> GPTSFTModel:
     return module
 
 
-def build_data(data_cfg: DictConfig, tokenizer) -> SFTDataModule:
+def build_data(data_cfg: DictConfig, tokenizer, model=None) -> SFTDataModule:
+    """SFTDataModule (prompt_template ...) for GPT-style models; Seq2SeqDataModule
+    (context_key / label_key) when ``model`` is a T5Model."""
     splits = {k: to_dict(data_cfg[k]) if data_cfg.get(k) is not None else None
               for k in ("train_ds", "validation_ds", "test_ds", "predict_ds")}
     unknown = sorted(set(data_cfg) - set(splits))
     if unknown:
         raise ValueError(f"Unknown data section(s) {unknown}; valid: {sorted(splits)}.")
+    if isinstance(model, T5Model):
+        for split, cfg in splits.items():
+            gpt_only = sorted(k for k in cfg or {} if k in SFT_ONLY_KEYS)
+            if gpt_only:
+                raise ValueError(f"data.{split} has {gpt_only}, options of decoder-only (GPT) data; a T5 model "
+                                 "reads context_key (encoder input) and label_key (target) instead. Use "
+                                 "data=date_reformat_t5 as a template.")
+        return Seq2SeqDataModule(tokenizer, model.config.decoder_start_token_id, **splits)
+    for split, cfg in splits.items():
+        t5_only = sorted(k for k in cfg or {} if k in ("context_key", "max_target_length"))
+        if t5_only:
+            raise ValueError(f"data.{split} has {t5_only}, options of encoder-decoder (T5) data; a GPT-style model "
+                             "reads prompt_template and label_key. Use data=date_reformat as a template.")
     return SFTDataModule(tokenizer, **splits)
+
+
+# SFTDataset options that have no meaning for an encoder-decoder (no prompt concatenation, no BOS)
+SFT_ONLY_KEYS = ("prompt_template", "truncation_field", "add_bos")
 
 
 def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: DictConfig | None = None) -> L.Trainer:

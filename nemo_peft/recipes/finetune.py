@@ -21,7 +21,7 @@ def run_finetune(cfg: DictConfig) -> dict:
     out_dir = cfg.exp_manager.output_dir
     module = build_model(cfg.model)
     print(module.model.trainable_parameters_summary().splitlines()[-1])
-    data = build_data(cfg.data, module.tokenizer)
+    data = build_data(cfg.data, module.tokenizer, module.model)
     trainer = build_trainer(cfg.trainer, out_dir, cfg.exp_manager.get("checkpoint"))
 
     before = _exact_match(trainer, module, data) if cfg.get("eval_before", True) else None

@@ -14,7 +14,7 @@ def run_generate(cfg: DictConfig) -> list[dict]:
     module = build_model(cfg.model)  # the adapter file carries its own config
     if cfg.get("adapter_path"):
         module.load_adapters(cfg.adapter_path)
-    data = build_data(cfg.data, module.tokenizer)
+    data = build_data(cfg.data, module.tokenizer, module.model)
     trainer = build_trainer(cfg.trainer, os.path.dirname(os.path.abspath(cfg.output_file)))
     batches = trainer.predict(module, datamodule=data)
     rows = [row for batch in batches for row in batch]

@@ -211,3 +211,20 @@ def test_missing_torchao_says_how_to_install(monkeypatch):
         monkeypatch.undo()
         qlora._torchao_nf4.cache_clear()
     qlora._torchao_nf4()  # available again
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_is_bit_equal_to_torchao_and_to_a_dense_lookup(dtype):
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 128, bias=False)
+    w = lin.weight.detach()
+    # double quantization: torchao's own NF4Tensor of the same weight is the reference
+    q = NF4Linear.from_linear(lin, double_quant=True)
+    ref = qlora._torchao_nf4().to_nf4(w, 64, q.scaler_block_size)
+    assert torch.equal(q.dequantize(), ref.get_original_weight())
+    # plain scales: code -> NF4 level, times the block's absmax, computed densely here
+    p = NF4Linear.from_linear(lin)
+    codes = torch.stack([p.quantized_data >> 4, p.quantized_data & 15], -1).flatten().long()
+    levels = qlora._nf4_levels().to(dtype)
+    dense = (levels[codes].view(-1, 64) * w.flatten().view(-1, 64).abs().amax(1, keepdim=True).to(dtype))
+    assert torch.equal(p.dequantize(dtype), dense.view(128, 96))
