@@ -12,6 +12,9 @@ conversion here is exact:
   file needs one ``r``/``lora_alpha`` and no ``rank_pattern``/``alpha_pattern`` (vLLM ignores those).
 - import: the q/k/v (gate/up) LoRAs of a layer become one part-wise adapter; different ranks are
   zero-padded, different scales (``alpha_pattern``, rsLoRA) are folded into B.
+
+Both directions work from a *layout*: for each of our host linears, the HF modules that make
+it up and the rows each one holds (GPT-style families here, T5 in ``hf_t5.peft_layout``).
 """
 from __future__ import annotations
 
@@ -44,13 +47,9 @@ _GPT2 = {
     "linear_qkv": [("attn.c_attn", None)], "linear_proj": [("attn.c_proj", None)],
     "linear_fc1": [("mlp.c_fc", None)], "linear_fc2": [("mlp.c_proj", None)],
 }
-_SUFFIX_HOST = {s: h for table in (_LLAMA, _GPT2) for h, entries in table.items() for s, _ in entries}
-_SUFFIX_SCHEME = {s: name for name, table in (("llama", _LLAMA), ("gpt2", _GPT2))
-                  for entries in table.values() for s, _ in entries}
 _LAYER_PREFIX = {"llama": "model.layers.{i}.", "gpt2": "transformer.h.{i}."}
 _HOST_BLOCK = {"linear_qkv": "self_attention", "linear_proj": "self_attention",
                "linear_fc1": "mlp", "linear_fc2": "mlp"}
-_MODULE_RE = re.compile(r"(?:model\.layers|transformer\.h)\.(\d+)\.((?:self_attn|attn|mlp)\.\w+)")
 _KEY_RE = re.compile(r"(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight")
 # peft options whose non-default value changes the math in a way a plain LoRA cannot hold
 _UNSUPPORTED = ("use_dora", "lora_bias", "modules_to_save", "trainable_token_indices", "layer_replication",
@@ -82,8 +81,38 @@ def _layer_of(path: str) -> int:
 
 
 def _unwrap(model):
-    """The GPTModel itself (also accepts the Lightning wrapper, which holds it as ``.model``)."""
+    """The GPTModel/T5Model itself (also accepts the Lightning wrapper, which holds it as ``.model``)."""
     return model if hasattr(model, "decoder") else model.model
+
+
+def _is_t5(model) -> bool:
+    return hasattr(model, "encoder")
+
+
+def _gpt_layout(model, scheme: str) -> dict[str, list[tuple[str, int, int]]]:
+    out = {}
+    for i, layer in enumerate(model.decoder.layers):
+        for host, block_name in _HOST_BLOCK.items():
+            block = layer.get_submodule(block_name)
+            out[f"decoder.layers.{i}.{block_name}.{host}"] = [
+                (_LAYER_PREFIX[scheme].format(i=i) + suffix, start, size)
+                for suffix, start, size in _hf_modules(block, host, scheme)]
+    return out
+
+
+def _layout(model, model_type: str | None = None) -> dict[str, list[tuple[str, int, int]]]:
+    """Our host path -> [(HF module path, row start, rows)]; without ``model_type`` (import),
+    every naming scheme the model could have been saved under."""
+    if _is_t5(model):
+        from nemo_peft.convert.hf_t5 import peft_layout
+
+        return peft_layout(model)
+    if model_type is not None:
+        return _gpt_layout(model, _scheme(model_type))
+    layout = _gpt_layout(model, "llama")
+    for host, modules in _gpt_layout(model, "gpt2").items():
+        layout[host] = layout[host] + modules
+    return layout
 
 
 def _lora_entries(model, name: str):
@@ -111,17 +140,22 @@ def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str 
     or biases), one ``r`` and one ``lora_alpha``, as both peft and vLLM load it.
     """
     model = _unwrap(model)
-    model_type = model_type or infer_model_type(model.config)
-    if model_type not in SUPPORTED:
-        raise ValueError(f"Cannot name modules for model_type {model_type!r}; supported: {', '.join(SUPPORTED)}.")
-    scheme = _scheme(model_type)
+    if _is_t5(model):
+        from nemo_peft.convert.hf_t5 import SUPPORTED as T5_SUPPORTED
+
+        model_type, supported = model_type or model.config.extra.get("model_type") or "t5", T5_SUPPORTED
+    else:
+        model_type, supported = model_type or infer_model_type(model.config), SUPPORTED
+    if model_type not in supported:
+        raise ValueError(f"Cannot name modules for model_type {model_type!r}; supported: {', '.join(supported)}.")
+    layout = _layout(model, model_type)
     modules = []  # (HF module path, A [r, in], B [out, r], scale)
     rslora = set()
     for path, block, host, adapter in _lora_entries(model, name):
         rslora.add(adapter.use_rslora)
         r = adapter.dim
         a_all, b_all = adapter.lora_a.detach().float().cpu(), adapter.lora_b.detach().float().cpu()
-        for suffix, t_start, t_size in _hf_modules(block, host, scheme):
+        for hf_path, t_start, t_size in layout[f"{path.rsplit('.', 1)[0]}.{host}"]:
             a_blocks, b_cols, b_offset = [], [], 0
             for p, (start, size) in enumerate(adapter.out_slices):
                 lo, hi = max(start, t_start), min(start + size, t_start + t_size)
@@ -132,7 +166,6 @@ def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str 
                     b_cols.append(col)
                 b_offset += size
             if a_blocks:
-                hf_path = _LAYER_PREFIX[scheme].format(i=_layer_of(path)) + suffix
                 modules.append((hf_path, torch.cat(a_blocks), torch.cat(b_cols, dim=1), adapter.scale))
     if not modules:
         raise ValueError(f"Adapter {name!r} holds no LoRA weights to export.")
@@ -152,11 +185,12 @@ def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str 
         tensors[f"{PREFIX}{hf_path}.lora_B.weight"] = b.to(dtype).contiguous()
     configs = model.adapter_configs(name)
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM" if _is_t5(model) else "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
         "r": r, "lora_alpha": alpha, "use_rslora": use_rslora,
         "lora_dropout": max((getattr(c, "dropout", 0.0) for c in configs), default=0.0),
-        "target_modules": _target_modules(model, [m[0] for m in modules], scheme),
-        "fan_in_fan_out": scheme == "gpt2", "bias": "none", "use_dora": False, "modules_to_save": None,
+        "target_modules": _target_modules(layout, [m[0] for m in modules]),
+        "fan_in_fan_out": model_type == "gpt2", "bias": "none", "use_dora": False, "modules_to_save": None,
         "init_lora_weights": True, "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {},
         "layers_to_transform": None, "layers_pattern": None, "revision": None,
     }
@@ -171,13 +205,9 @@ def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str 
     return config
 
 
-def _target_modules(model, written: list[str], scheme: str) -> list[str]:
+def _target_modules(layout: dict, written: list[str]) -> list[str]:
     """Short names (``q_proj``) where they select exactly the written modules, else full paths."""
-    existing = []
-    for i, _ in enumerate(model.decoder.layers):
-        for host, block_name in _HOST_BLOCK.items():
-            block = model.decoder.layers[i].get_submodule(block_name)
-            existing += [_LAYER_PREFIX[scheme].format(i=i) + s for s, _, _ in _hf_modules(block, host, scheme)]
+    existing = [hf_path for modules in layout.values() for hf_path, _, _ in modules]
     written_set, out = set(written), []
     for short in sorted({p.rsplit(".", 1)[1] for p in written}):
         selected = {p for p in existing if p.rsplit(".", 1)[1] == short}
@@ -245,7 +275,7 @@ def _pattern_value(patterns: dict, module: str, default):
 
 
 def _parse(config: dict, tensors: dict, source: str) -> dict:
-    """{HF module path: (layer, HF suffix, A, B, scale)} from the file."""
+    """{HF module path: (A, B, scale)} from the file."""
     pairs = defaultdict(dict)
     for key, t in tensors.items():
         m = _KEY_RE.fullmatch(key.removeprefix(PREFIX))
@@ -255,11 +285,6 @@ def _parse(config: dict, tensors: dict, source: str) -> dict:
         pairs[m.group(1)][m.group(2)] = t
     out = {}
     for module, ab in pairs.items():
-        m = _MODULE_RE.fullmatch(module)
-        if m is None:
-            raise ValueError(f"{source}: LoRA on module {module!r} cannot be mapped to this model; supported: "
-                             "model.layers.N.self_attn.{q,k,v,o}_proj / mlp.{gate,up,down}_proj and "
-                             "transformer.h.N.attn.{c_attn,c_proj} / mlp.{c_fc,c_proj}.")
         if set(ab) != {"A", "B"}:
             raise ValueError(f"{source}: module {module!r} has lora_{'AB'.replace(''.join(ab), '')} missing.")
         a, b = ab["A"], ab["B"]
@@ -268,8 +293,7 @@ def _parse(config: dict, tensors: dict, source: str) -> dict:
         if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
             raise ValueError(f"{source}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
                              f"but the config gives it rank {r} (r / rank_pattern).")
-        scale = alpha / (math.sqrt(r) if config.get("use_rslora") else r)
-        out[module] = (int(m.group(1)), m.group(2), a, b, scale)
+        out[module] = (a, b, alpha / (math.sqrt(r) if config.get("use_rslora") else r))
     if not out:
         raise ValueError(f"{source}: the adapter holds no LoRA weights.")
     return out
@@ -287,41 +311,38 @@ def load_hf_peft(model, directory: str, name: str = "default") -> str:
     source = os.path.join(str(directory), CONFIG_NAME)
     _check_config(config, source)
     modules = _parse(config, tensors, source)
-    # group by our host: (layer, host) -> [(row start, rows, A, B, scale, HF module)]
-    layers = model.decoder.layers
+    where = {hf_path: (host, start, size) for host, entries in _layout(model).items()
+             for hf_path, start, size in entries}
+    # group by our host: host path -> [(row start, rows, A, B, scale, HF module)]
     hosts = defaultdict(list)
-    for module, (i, suffix, a, b, scale) in modules.items():
-        if i >= len(layers):
-            raise ValueError(f"{source}: module {module!r} is in layer {i}, but this model has {len(layers)} layers.")
-        host = _SUFFIX_HOST[suffix] if suffix in _SUFFIX_HOST else None
-        block = layers[i].get_submodule(_HOST_BLOCK[host]) if host else None
-        found = [(start, size) for s, start, size in (_hf_modules(block, host, _SUFFIX_SCHEME[suffix]) if host else [])
-                 if s == suffix]
-        if not found:
-            raise ValueError(f"{source}: module {module!r} has no counterpart in this model "
-                             "(e.g. gate_proj on a model without a gated MLP).")
-        (start, size), = found
-        linear = getattr(block, host)
+    for module, (a, b, scale) in modules.items():
+        if module not in where:
+            example = next(iter(where), "")
+            raise ValueError(f"{source}: LoRA on module {module!r} has no counterpart in this model (a layer it "
+                             "lacks, gate_proj on a non-gated MLP, or another architecture); this model's modules "
+                             f"are named like {example!r}.")
+        host, start, size = where[module]
+        linear = model.get_submodule(host)
         if a.shape[1] != linear.in_features or b.shape[0] != size:
             raise ValueError(f"{source}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
-                             f"but this model's {host} in layer {i} needs lora_A [r, {linear.in_features}] and "
+                             f"but this model's {host} needs lora_A [r, {linear.in_features}] and "
                              f"lora_B [{size}, r]; the adapter was made for another model.")
-        hosts[(i, host)].append((start, size, a, b, scale, module))
-    common_scale = Counter(m[4] for m in modules.values()).most_common(1)[0][0]
+        hosts[host].append((start, size, a, b, scale, module))
+    common_scale = Counter(m[2] for m in modules.values()).most_common(1)[0][0]
     rslora = bool(config.get("use_rslora"))
-    plan = {}  # (layer, host) -> (slices, dim, scale, [(A, B, scale)])
-    for (i, host), entries in hosts.items():
+    plan = {}  # host path -> (slices, dim, scale, [(A, B, scale)], out_features)
+    for host, entries in hosts.items():
         entries.sort(key=lambda e: e[0])
-        out_features = getattr(layers[i].get_submodule(_HOST_BLOCK[host]), host).out_features
         for (s0, n0, *_, m0), (s1, *_, m1) in zip(entries, entries[1:]):
             if s1 < s0 + n0:
-                raise ValueError(f"{source}: modules {m0!r} and {m1!r} both adapt the same rows of {host} in "
-                                 f"layer {i}; a file may hold either the fused or the split LoRA, not both.")
+                raise ValueError(f"{source}: modules {m0!r} and {m1!r} both adapt the same rows of {host}; "
+                                 "a file may hold either the fused or the split LoRA, not both.")
         dim = max(e[2].shape[0] for e in entries)
         scales = [e[4] for e in entries]
         scale = common_scale if common_scale in scales else scales[0]
         slices = [(s, n) for s, n, *_ in entries]
-        plan[(i, host)] = (slices, dim, scale, [(a, b, s) for _, _, a, b, s, _ in entries], out_features)
+        plan[host] = (slices, dim, scale, [(a, b, s) for _, _, a, b, s, _ in entries],
+                      model.get_submodule(host).out_features)
     if name not in model.adapter_names:
         model.add_adapter(_configs_for(plan, model, rslora, float(config.get("lora_dropout") or 0.0)), name)
         for *_, adapter in _lora_entries(model, name):
@@ -335,28 +356,42 @@ def _part_names(block, host: str, slices) -> list[str]:
     return [inverse.get(s) for s in slices]
 
 
+def _targets(model, host_path: str, slices, out_features: int) -> tuple[str, ...]:
+    """Target names that select exactly ``slices`` of one host: the host (or, in GPT models, the
+    HF part names, to be combined with layer_selection); in T5 models, its path (plus the part)."""
+    block_path, host = host_path.rsplit(".", 1)
+    parts = _part_names(model.get_submodule(block_path), host, slices)
+    whole = slices == [(0, out_features)]
+    if not whole and None in parts:
+        raise ValueError(f"LoRA rows {slices} of {host_path} do not match its parts.")
+    if _is_t5(model):
+        return (host_path,) if whole else tuple(f"{host_path}.{p}" for p in parts)
+    if whole:
+        return (host,)
+    hf = {p: s.rsplit(".", 1)[1] for s, p in _LLAMA[host] if p}
+    return tuple(hf[p] for p in parts)
+
+
 def _configs_for(plan: dict, model, rslora: bool, dropout: float) -> list[LoraPEFTConfig]:
-    """One LoraPEFTConfig per (host, parts, dim, scale), with the layers it covers."""
+    """One LoraPEFTConfig per (dim, scale) in T5 models (exact module paths as targets), per
+    (host, parts, dim, scale) in GPT models (HF names and the layers they cover)."""
     groups = defaultdict(list)
-    for (i, host), (slices, dim, scale, _, out_features) in plan.items():
-        block = model.decoder.layers[i].get_submodule(_HOST_BLOCK[host])
-        parts = _part_names(block, host, slices)
-        if slices == [(0, out_features)] or None in parts:  # the whole host (or a non-part slice)
-            if slices != [(0, out_features)]:
-                raise ValueError(f"LoRA rows {slices} of {host} in layer {i} do not match its parts.")
-            targets = (host,)
+    for host_path, (slices, dim, scale, _, out_features) in plan.items():
+        targets = _targets(model, host_path, slices, out_features)
+        if _is_t5(model):
+            groups[((), dim, scale)] += targets
         else:
-            hf = {p: s.rsplit(".", 1)[1] for s, p in _LLAMA[host] if p}
-            targets = tuple(hf[p] for p in parts)
-        groups[(targets, dim, scale)].append(i + 1)
+            groups[(targets, dim, scale)].append(_layer_of(host_path) + 1)
     n_layers = len(model.decoder.layers)
     cfgs = []
-    for (targets, dim, scale), layer_numbers in sorted(groups.items(), key=lambda kv: (kv[1][0], kv[0][0])):
-        cfgs.append(LoraPEFTConfig(
-            target_modules=list(targets), dim=dim, alpha=scale * (math.sqrt(dim) if rslora else dim),
-            dropout=dropout, use_rslora=rslora, lora_B_init_method="zero",
-            layer_selection=None if len(layer_numbers) == n_layers else sorted(layer_numbers),
-        ))
+    for (targets, dim, scale), members in sorted(groups.items(), key=lambda kv: (kv[1][0], kv[0][0])):
+        common = dict(dim=dim, alpha=scale * (math.sqrt(dim) if rslora else dim), dropout=dropout,
+                      use_rslora=rslora, lora_B_init_method="zero")
+        if _is_t5(model):
+            cfgs.append(LoraPEFTConfig(target_modules=sorted(members), **common))
+        else:
+            cfgs.append(LoraPEFTConfig(target_modules=list(targets), **common,
+                                       layer_selection=None if len(members) == n_layers else sorted(members)))
     return cfgs
 
 
@@ -364,16 +399,16 @@ def _configs_for(plan: dict, model, rslora: bool, dropout: float) -> list[LoraPE
 def _copy_in(model, plan: dict, name: str, source: str) -> None:
     slots = {}
     for path, block, host, adapter in _lora_entries(model, name):
-        slots[(_layer_of(path), host)] = adapter
+        slots[f"{path.rsplit('.', 1)[0]}.{host}"] = adapter
     extra = sorted(set(slots) - set(plan))
     missing = sorted(set(plan) - set(slots))
     if extra or missing:
-        raise ValueError(f"{source}: existing adapter {name!r} does not fit the file: it adapts (layer, host) "
-                         f"{extra[:4]} that the file lacks and lacks {missing[:4]}. Load under a new name.")
-    for key, (slices, dim, scale, weights, _) in plan.items():
-        adapter = slots[key]
+        raise ValueError(f"{source}: existing adapter {name!r} does not fit the file: it adapts {extra[:4]} that "
+                         f"the file lacks and lacks {missing[:4]}. Load under a new name.")
+    for host, (slices, dim, scale, weights, _) in plan.items():
+        adapter = slots[host]
         if adapter.out_slices != slices or adapter.dim < dim:
-            raise ValueError(f"{source}: existing adapter {name!r} on {key[1]} of layer {key[0]} has slices "
+            raise ValueError(f"{source}: existing adapter {name!r} on {host} has slices "
                              f"{adapter.out_slices} and rank {adapter.dim}; the file needs {slices} and rank {dim}.")
         lora_a = torch.zeros(adapter.lora_a.shape)
         lora_b = torch.zeros(adapter.lora_b.shape)

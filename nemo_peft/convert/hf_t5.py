@@ -281,3 +281,17 @@ def save_hf_t5(model: T5Model, directory: str, tokenizer: Tokenizer | None = Non
     if tokenizer is not None:
         _save_tokenizer(tokenizer, directory, TOKENIZER_MAX_LEN)
     _write_json(os.path.join(directory, "config.json"), hf)
+
+
+def peft_layout(model: T5Model) -> dict[str, list[tuple[str, int, int]]]:
+    """Our host linear path -> [(HF module path, row start, rows)], for HF-PEFT adapters: a fused
+    host ([q | k | v], [k | v], [wi_0 | wi_1]) is the HF modules stacked in equal row blocks."""
+    layout = {}
+    for ours, theirs in _all_names(model.config):
+        host = ours.removesuffix(".weight")
+        rows = getattr(model.get_submodule(host), "out_features", None)
+        if rows is None:  # norms and the position bias are not LoRA targets
+            continue
+        n = rows // len(theirs)
+        layout[host] = [(t.removesuffix(".weight"), i * n, n) for i, t in enumerate(theirs)]
+    return layout
