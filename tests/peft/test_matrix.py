@@ -166,3 +166,28 @@ def test_merge_equals_unmerged_and_unmerge_restores(arch, method):
     model.unmerge_adapters()
     for k, v in base.items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("t5_arch", sorted(T5_ARCHS))
+def test_t5_trainable_counts_match_closed_form(t5_arch):
+    c = T5Config(**T5_ARCHS[t5_arch])
+    d, inner, ff, r = c.d_model, c.num_heads * c.d_kv, c.d_ff, 4
+    fc1_out = 2 * ff if c.gated else ff
+    lora = lambda n_in, n_out: r * (n_in + n_out)  # noqa: E731
+    # every host: self-attention qkv + proj and the MLP in both stacks; cross-attention q, kv, proj in the decoder
+    per_layer = lora(d, 3 * inner) + lora(inner, d) + lora(d, fc1_out) + lora(ff, d)
+    cross = lora(d, inner) + lora(d, 2 * inner) + lora(inner, d)
+    model = build(t5_arch)
+    model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=r))
+    assert model.num_trainable_parameters() == (c.num_layers + c.num_decoder_layers) * per_layer \
+        + c.num_decoder_layers * cross
+    # IA3: keys and values of every attention (self and cross) and the MLP activation
+    model = build(t5_arch)
+    model.add_adapter(IA3PEFTConfig(target_modules=["k", "v", "wo"]))
+    assert model.num_trainable_parameters() == c.num_layers * (2 * inner + ff) \
+        + c.num_decoder_layers * (4 * inner + ff)
+    # canonical adapters: two bottlenecks (down + up, no biases, as NeMo; a LayerNorm in front) per layer
+    model = build(t5_arch)
+    model.add_adapter(CanonicalAdaptersPEFTConfig(adapter_dim=r))
+    per_adapter = d * r + r * d + 2 * d
+    assert model.num_trainable_parameters() == (c.num_layers + c.num_decoder_layers) * 2 * per_adapter
