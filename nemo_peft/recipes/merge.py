@@ -5,7 +5,9 @@ import time
 
 from nemo_peft.convert.auto import load_pretrained
 from nemo_peft.convert.hf import save_hf
+from nemo_peft.convert.hf_t5 import save_hf_t5
 from nemo_peft.convert.native import save_model
+from nemo_peft.models.t5 import T5Model
 
 
 def merge_to_checkpoint(base: str | None, adapter_dir: str, output_dir: str, fmt: str = "hf",
@@ -20,8 +22,8 @@ def merge_to_checkpoint(base: str | None, adapter_dir: str, output_dir: str, fmt
     start = time.perf_counter()
     model.merge_adapters()
     seconds = time.perf_counter() - start
-    if fmt == "hf":
-        save_hf(model, output_dir, tokenizer, model_type=model_type)
+    if fmt == "hf":  # T5ForConditionalGeneration or a causal-LM family
+        (save_hf_t5 if isinstance(model, T5Model) else save_hf)(model, output_dir, tokenizer, model_type=model_type)
     else:
         save_model(model, output_dir, tokenizer)
     print(f"merged {model.merged_adapters} in {seconds:.3f}s; wrote {fmt} checkpoint to {output_dir}")

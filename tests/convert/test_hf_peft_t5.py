@@ -117,3 +117,21 @@ def test_t5_file_with_a_module_this_model_lacks_is_a_clear_error(tmp_path):
         small.load_adapters(out)
     assert small.adapter_names == []
     assert json.load(open(os.path.join(out, "adapter_config.json")))["peft_type"] == "LORA"
+
+
+def test_merged_t5_checkpoint_loads_in_transformers_with_the_adapters_logits(tmp_path):
+    from nemo_peft.recipes.export import to_hf_peft
+    from nemo_peft.recipes.merge import merge_to_checkpoint
+
+    _, path = _hf_checkpoint(tmp_path, "t5v1_1_gated_gelu_untied")
+    model, _ = load_hf_t5(path)
+    model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=2, alpha=4))
+    randomize(model, "lora_b")
+    expected = our_logits(model)
+    model.save_adapters(str(tmp_path / "ad"))
+    merge_to_checkpoint(path, str(tmp_path / "ad"), str(tmp_path / "merged"))
+    merged = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "merged")).eval()
+    assert (hf_logits(merged) - expected).abs().max() <= TOL
+    # the export recipe writes the same adapter for peft
+    cfg = to_hf_peft(path, str(tmp_path / "ad"), str(tmp_path / "peft"))
+    assert set(cfg["target_modules"]) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
