@@ -5,4 +5,7 @@ from nemo_peft.data.sampler import EpochShuffleSampler
 from nemo_peft.data.sft_dataset import SFTDataset
 from nemo_peft.data.tokenizer import Tokenizer
 
-__all__ = ["Tokenizer", "SFTDataset", "collate_sft", "EpochShuffleSampler", "SFTDataModule"]
+from nemo_peft.data.seq2seq_dataset import Seq2SeqDataModule, Seq2SeqDataset, collate_seq2seq
+
+__all__ = ["Tokenizer", "SFTDataset", "collate_sft", "EpochShuffleSampler", "SFTDataModule", "Seq2SeqDataset",
+           "collate_seq2seq", "Seq2SeqDataModule"]

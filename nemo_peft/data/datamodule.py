@@ -26,8 +26,12 @@ class SFTDataModule(L.LightningDataModule):
 
     Each is a mapping of SFTDataset arguments plus `micro_batch_size` (4), `shuffle` (True for
     train, else False), `num_workers` (0) and `seed` (1234); None means the split is not used.
-    Keys are checked here, datasets are read lazily in `setup()`.
+    Keys are checked here, datasets are read lazily in `setup()`. Subclasses for other kinds of
+    data set ``dataset_cls``/``dataset_keys`` and ``collate_fn``.
     """
+
+    dataset_cls = SFTDataset
+    dataset_keys = DATASET_KEYS
 
     def __init__(
         self,
@@ -50,12 +54,11 @@ class SFTDataModule(L.LightningDataModule):
         else:
             self.pad_id = 0
 
-    @staticmethod
-    def _check_config(split: str, cfg: Mapping | None) -> dict | None:
+    def _check_config(self, split: str, cfg: Mapping | None) -> dict | None:
         if cfg is None:
             return None
         cfg = dict(cfg)  # plain dict or omegaconf DictConfig
-        valid = DATASET_KEYS + LOADER_KEYS
+        valid = self.dataset_keys + LOADER_KEYS
         for key in cfg:
             if key not in valid:
                 raise ValueError(f"Unknown key {key!r} in {split}_ds; valid keys are: {', '.join(valid)}.")
@@ -79,14 +82,14 @@ class SFTDataModule(L.LightningDataModule):
             if self.configs[split] is not None:
                 self._dataset(split)
 
-    def _dataset(self, split: str) -> SFTDataset:
+    def _dataset(self, split: str):
         if split not in self.datasets:
             cfg = self.configs[split]
             if cfg is None:
                 raise ValueError(f"No {split}_ds configured but {split} data was asked for: set "
                                  f"{split}_ds (at least file_names) in the data config.")
-            kwargs = {k: v for k, v in cfg.items() if k in DATASET_KEYS}
-            self.datasets[split] = SFTDataset(tokenizer=self.tokenizer, **kwargs)
+            kwargs = {k: v for k, v in cfg.items() if k in self.dataset_keys}
+            self.datasets[split] = self.dataset_cls(tokenizer=self.tokenizer, **kwargs)
         return self.datasets[split]
 
     def _loader(self, split: str) -> DataLoader:
@@ -96,9 +99,12 @@ class SFTDataModule(L.LightningDataModule):
             dataset,
             batch_size=int(cfg["micro_batch_size"]),
             sampler=EpochShuffleSampler(len(dataset), seed=int(cfg["seed"]), shuffle=bool(cfg["shuffle"])),
-            collate_fn=functools.partial(collate_sft, pad_id=self.pad_id),  # a partial pickles for workers
+            collate_fn=self.collate_fn(),
             num_workers=int(cfg["num_workers"]),
         )
+
+    def collate_fn(self):
+        return functools.partial(collate_sft, pad_id=self.pad_id)  # a partial pickles for workers
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

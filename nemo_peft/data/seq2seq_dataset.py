@@ -8,16 +8,15 @@ followed by the labels shifted right), labels with padding set to -100, answers,
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections.abc import Mapping
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from nemo_peft.data.datamodule import LOADER_KEYS, SFTDataModule
-from nemo_peft.data.sampler import EpochShuffleSampler
+from nemo_peft.data.datamodule import SFTDataModule
+from nemo_peft.data.jsonl import read_jsonl_records
 from nemo_peft.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,43 +69,16 @@ class Seq2SeqDataset(Dataset):
         self.add_eos = add_eos
         self.max_num_samples = max_num_samples
         self._warned = {"context": False, "label": False}
-        self.records = self._load_records()
+        self.records = read_jsonl_records(self.file_names, self._check_record, "Seq2seq", max_num_samples)
 
     # --- files ----------------------------------------------------------------------------
-    def _load_records(self) -> list[dict]:
-        records: list[dict] = []
-        for path in self.file_names:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"Seq2seq data file not found: {path!r}. Check file_names "
-                                        "(paths are relative to the working directory).")
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue  # blank lines (e.g. a trailing newline) are harmless
-                    records.append(self._parse_line(line, path, lineno))
-                    if self.max_num_samples is not None and len(records) >= self.max_num_samples:
-                        return records
-        if not records:
-            raise ValueError(f"No records in {self.file_names}: the files are empty or only blank lines. "
-                             "Point file_names at JSONL files with one JSON object per line.")
-        return records
-
-    def _parse_line(self, line: str, path: str, lineno: int) -> dict:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {lineno}: malformed JSON ({e}). Each line must be one JSON object "
-                             "such as {\"input\": \"...\", \"output\": \"...\"}; fix or remove the line.") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {lineno}: expected a JSON object per line, got "
-                             f"{type(record).__name__}. Write each record as {{\"field\": value, ...}}.")
+    def _check_record(self, record: dict, where: str) -> None:
         for key, role, option in ((self.context_key, "context", "context_key"),
                                   (self.label_key, "label", "label_key")):
             if key not in record:
-                raise ValueError(f"{path}, line {lineno}: record has no {role} field {key!r} (keys present: "
+                raise ValueError(f"{where}: record has no {role} field {key!r} (keys present: "
                                  f"{sorted(record)}). Set {option} to the field holding the {role}, or add the "
                                  "field to the data.")
-        return record
 
     # --- tokenization ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -182,42 +154,14 @@ class Seq2SeqDataModule(SFTDataModule):
     """``SFTDataModule`` for Seq2SeqDatasets: the same per-split mappings (``train_ds`` ...) with
     Seq2SeqDataset arguments plus ``micro_batch_size``, ``shuffle``, ``num_workers``, ``seed``."""
 
+    dataset_cls = Seq2SeqDataset
+    dataset_keys = DATASET_KEYS
+
     def __init__(self, tokenizer: Tokenizer, decoder_start_id: int | None = None, train_ds: Mapping | None = None,
                  validation_ds: Mapping | None = None, test_ds: Mapping | None = None,
                  predict_ds: Mapping | None = None):
         super().__init__(tokenizer, train_ds, validation_ds, test_ds, predict_ds)
         self.decoder_start_id = self.pad_id if decoder_start_id is None else decoder_start_id
 
-    @staticmethod
-    def _check_config(split: str, cfg: Mapping | None) -> dict | None:
-        if cfg is None:
-            return None
-        valid = DATASET_KEYS + LOADER_KEYS
-        for key in dict(cfg):
-            if key not in valid:
-                raise ValueError(f"Unknown key {key!r} in {split}_ds; valid keys are: {', '.join(valid)}.")
-        # file_names and the loader options get SFTDataModule's checks and defaults
-        shared = {k: v for k, v in dict(cfg).items() if k in LOADER_KEYS or k == "file_names"}
-        checked = SFTDataModule._check_config(split, shared)
-        return {**dict(cfg), **checked}
-
-    def _dataset(self, split: str) -> Seq2SeqDataset:
-        if split not in self.datasets:
-            cfg = self.configs[split]
-            if cfg is None:
-                raise ValueError(f"No {split}_ds configured but {split} data was asked for: set "
-                                 f"{split}_ds (at least file_names) in the data config.")
-            kwargs = {k: v for k, v in cfg.items() if k in DATASET_KEYS}
-            self.datasets[split] = Seq2SeqDataset(tokenizer=self.tokenizer, **kwargs)
-        return self.datasets[split]
-
-    def _loader(self, split: str) -> DataLoader:
-        dataset = self._dataset(split)
-        cfg = self.configs[split]
-        return DataLoader(
-            dataset,
-            batch_size=int(cfg["micro_batch_size"]),
-            sampler=EpochShuffleSampler(len(dataset), seed=int(cfg["seed"]), shuffle=bool(cfg["shuffle"])),
-            collate_fn=functools.partial(collate_seq2seq, pad_id=self.pad_id, decoder_start_id=self.decoder_start_id),
-            num_workers=int(cfg["num_workers"]),
-        )
+    def collate_fn(self):
+        return functools.partial(collate_seq2seq, pad_id=self.pad_id, decoder_start_id=self.decoder_start_id)

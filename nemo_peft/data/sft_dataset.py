@@ -7,13 +7,13 @@ the model learns to produce.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import string
 
 from torch.utils.data import Dataset
 
+from nemo_peft.data.jsonl import read_jsonl_records
 from nemo_peft.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class SFTDataset(Dataset):
         self.max_num_samples = max_num_samples
         self._warned_answer_cut = False
         self._parse_template()
-        self.records = self._load_records()
+        self.records = read_jsonl_records(self.file_names, self._check_record, "SFT", max_num_samples)
 
     # --- template -------------------------------------------------------------------------
     def _parse_template(self) -> None:
@@ -122,43 +122,16 @@ class SFTDataset(Dataset):
         return stripped, context[len(stripped):] + label + self._answer_tail
 
     # --- files ----------------------------------------------------------------------------
-    def _load_records(self) -> list[dict]:
-        records: list[dict] = []
-        for path in self.file_names:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"SFT data file not found: {path!r}. Check file_names "
-                                        "(paths are relative to the working directory).")
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue  # blank lines (e.g. a trailing newline) are harmless
-                    records.append(self._parse_line(line, path, lineno))
-                    if self.max_num_samples is not None and len(records) >= self.max_num_samples:
-                        return records
-        if not records:
-            raise ValueError(f"No records in {self.file_names}: the files are empty or only blank lines. "
-                             "Point file_names at JSONL files with one JSON object per line.")
-        return records
-
-    def _parse_line(self, line: str, path: str, lineno: int) -> dict:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}, line {lineno}: malformed JSON ({e}). Each line must be one JSON "
-                             "object such as {\"input\": \"...\", \"output\": \"...\"}; fix or remove the line.") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {lineno}: expected a JSON object per line, got "
-                             f"{type(record).__name__}. Write each record as {{\"field\": value, ...}}.")
+    def _check_record(self, record: dict, where: str) -> None:
         if self.label_key not in record:
-            raise ValueError(f"{path}, line {lineno}: record has no label field {self.label_key!r} "
+            raise ValueError(f"{where}: record has no label field {self.label_key!r} "
                              f"(keys present: {sorted(record)}). Set label_key to the field holding the "
                              "answer, or add the field to the data.")
         for field in self.context_fields:
             if field not in record:
-                raise ValueError(f"{path}, line {lineno}: prompt_template uses {{{field}}} but the record has "
+                raise ValueError(f"{where}: prompt_template uses {{{field}}} but the record has "
                                  f"no field {field!r} (keys present: {sorted(record)}). Fix the data or "
                                  "change prompt_template.")
-        return record
 
     # --- tokenization ---------------------------------------------------------------------
     def __len__(self) -> int:
