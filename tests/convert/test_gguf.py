@@ -92,7 +92,10 @@ def test_padded_batch_matches_unpadded_rows(ours, side):
             alone = model(torch.tensor([r]))[0]
             got = batched[i][mask[i].bool()]
             diff = (got - alone).abs().max().item()
-            assert diff < TOL, f"row {i} ({side} padded): max abs diff {diff:.3g}"
+            # a batch and a single row take different fp32 matmul blockings: rounding differs by
+            # ~1e-6 relative per layer over 30 layers, so bound the difference relative to the logits
+            bound = max(TOL, 1e-5 * alone.abs().max().item())
+            assert diff < bound, f"row {i} ({side} padded): max abs diff {diff:.3g} (bound {bound:.3g})"
 
 
 def test_tokenizer_matches_transformers(ours, hf_tokenizer):

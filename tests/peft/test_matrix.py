@@ -191,3 +191,22 @@ def test_t5_trainable_counts_match_closed_form(t5_arch):
     model.add_adapter(CanonicalAdaptersPEFTConfig(adapter_dim=r))
     per_adapter = d * r + r * d + 2 * d
     assert model.num_trainable_parameters() == (c.num_layers + c.num_decoder_layers) * 2 * per_adapter
+
+
+def test_mixed_batch_routing_equals_each_row_alone(arch):
+    model = build(arch)
+    model.add_adapter(METHODS["lora"](), name="a")
+    model.add_adapter([LoraPEFTConfig(target_modules=["all"], dim=2, alpha=4), IA3PEFTConfig()], name="b")
+    model.add_adapter(CanonicalAdaptersPEFTConfig(adapter_dim=3), name="c")
+    randomize(model)
+    names = ["a", None, "b", "c"]
+    with model.route(names):
+        mixed = logits(model)
+    for row, name in enumerate(names):
+        if name is None:
+            with model.disable_adapters():
+                alone = logits(model)
+        else:
+            model.set_active_adapters([name])
+            alone = logits(model)
+        torch.testing.assert_close(mixed[row], alone[row], rtol=1e-5, atol=1e-5 * alone.abs().max().item())
