@@ -25,17 +25,15 @@ import re
 from collections import Counter, defaultdict
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from nemo_peft.convert.hf_config import SUPPORTED, infer_model_type
+from nemo_peft.convert.hf_peft_file import (CONFIG_NAME, PREFIX, WEIGHTS_NAME, check_config, parse_lora_tensors,
+                                            read_hf_peft)
 from nemo_peft.core.adapter_io import atomic_write
 from nemo_peft.core.slots import host_parts
 from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
-LEGACY_WEIGHTS_NAME = "adapter_model.bin"
-PREFIX = "base_model.model."
 # host -> [(HF module suffix, our part or None = whole host)], per naming scheme
 _LLAMA = {
     "linear_qkv": [("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"), ("self_attn.v_proj", "v")],
@@ -50,13 +48,6 @@ _GPT2 = {
 _LAYER_PREFIX = {"llama": "model.layers.{i}.", "gpt2": "transformer.h.{i}."}
 _HOST_BLOCK = {"linear_qkv": "self_attention", "linear_proj": "self_attention",
                "linear_fc1": "mlp", "linear_fc2": "mlp"}
-_KEY_RE = re.compile(r"(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight")
-# peft options whose non-default value changes the math in a way a plain LoRA cannot hold
-_UNSUPPORTED = ("use_dora", "lora_bias", "modules_to_save", "trainable_token_indices", "layer_replication",
-                "target_parameters", "alora_invocation_tokens", "use_qalora", "arrow_config", "use_bdlora",
-                "velora_config", "monteclora_config", "kasa_config")
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-
 
 def _scheme(model_type: str) -> str:
     return "gpt2" if model_type == "gpt2" else "llama"
@@ -220,85 +211,6 @@ def _target_modules(layout: dict, written: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- import
 
-def read_hf_peft(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(adapter_config.json, tensors) of an HF PEFT adapter directory, with clear errors."""
-    directory = os.path.expanduser(str(directory))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"HF PEFT adapter directory {directory!r} does not exist; pass the directory "
-                                f"written by peft's save_pretrained (it holds {CONFIG_NAME} and {WEIGHTS_NAME}).")
-    config_path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{config_path!r} is missing: {directory!r} is not an HF PEFT adapter directory.")
-    with open(config_path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path!r} is not valid JSON ({e}).") from None
-    weights = os.path.join(directory, WEIGHTS_NAME)
-    legacy = os.path.join(directory, LEGACY_WEIGHTS_NAME)
-    if os.path.isfile(weights):
-        tensors = load_file(weights)
-    elif os.path.isfile(legacy):
-        tensors = torch.load(legacy, map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{directory!r} has {CONFIG_NAME} but no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}).")
-    return config, tensors
-
-
-def _check_config(cfg: dict, source: str) -> None:
-    if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{source}: peft_type={cfg.get('peft_type')!r} is not supported; only 'LORA' adapters "
-                         "can be loaded.")
-    if cfg.get("bias", "none") != "none":
-        raise ValueError(f"{source}: bias={cfg['bias']!r} is not supported (the adapter trains base biases); "
-                         "only bias='none' can be loaded.")
-    for field in _UNSUPPORTED:
-        if cfg.get(field):
-            raise ValueError(f"{source}: {field}={cfg[field]!r} is not supported; only plain LoRA "
-                             f"(with {field} unset) can be loaded exactly.")
-    for field in ("r", "lora_alpha"):
-        if not isinstance(cfg.get(field), (int, float)) or cfg[field] <= 0:
-            raise ValueError(f"{source}: {field}={cfg.get(field)!r}; a LoRA config needs a positive {field}.")
-    init = str(cfg.get("init_lora_weights", True)).lower()
-    if init.startswith(_BASE_CHANGING_INITS):
-        raise ValueError(f"{source}: init_lora_weights={cfg['init_lora_weights']!r} adapters expect a modified "
-                         "base model; convert them to plain LoRA with peft's "
-                         "path_initial_model_for_weight_conversion first.")
-
-
-def _pattern_value(patterns: dict, module: str, default):
-    """peft's ``get_pattern_key`` lookup for rank_pattern / alpha_pattern."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
-def _parse(config: dict, tensors: dict, source: str) -> dict:
-    """{HF module path: (A, B, scale)} from the file."""
-    pairs = defaultdict(dict)
-    for key, t in tensors.items():
-        m = _KEY_RE.fullmatch(key.removeprefix(PREFIX))
-        if m is None:
-            raise ValueError(f"{source}: tensor {key!r} is not a LoRA A/B weight of a linear layer; only those "
-                             "can be loaded (no embedding LoRA, DoRA magnitudes or trained biases).")
-        pairs[m.group(1)][m.group(2)] = t
-    out = {}
-    for module, ab in pairs.items():
-        if set(ab) != {"A", "B"}:
-            raise ValueError(f"{source}: module {module!r} has lora_{'AB'.replace(''.join(ab), '')} missing.")
-        a, b = ab["A"], ab["B"]
-        r = _pattern_value(config.get("rank_pattern"), module, config["r"])
-        alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
-        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
-            raise ValueError(f"{source}: module {module!r} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}, "
-                             f"but the config gives it rank {r} (r / rank_pattern).")
-        out[module] = (a, b, alpha / (math.sqrt(r) if config.get("use_rslora") else r))
-    if not out:
-        raise ValueError(f"{source}: the adapter holds no LoRA weights.")
-    return out
-
-
 def load_hf_peft(model, directory: str, name: str = "default") -> str:
     """Load an HF PEFT LoRA adapter directory into ``model`` as adapter ``name`` (exactly).
 
@@ -309,8 +221,8 @@ def load_hf_peft(model, directory: str, name: str = "default") -> str:
     model = _unwrap(model)
     config, tensors = read_hf_peft(directory)
     source = os.path.join(str(directory), CONFIG_NAME)
-    _check_config(config, source)
-    modules = _parse(config, tensors, source)
+    check_config(config, source)
+    modules = parse_lora_tensors(config, tensors, source)
     where = {hf_path: (host, start, size) for host, entries in _layout(model).items()
              for hf_path, start, size in entries}
     # group by our host: host path -> [(row start, rows, A, B, scale, HF module)]
