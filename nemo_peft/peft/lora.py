@@ -57,14 +57,27 @@ class LoraAdapter(nn.Module):
         if self.dropout is not None and self.dropout_position == "pre":
             x = self.dropout(x)
         h = F.linear(x, self.lora_a) * self.scale  # scale the narrow [.., P*r] tensor
-        if len(self.out_slices) == 1 and self.out_slices[0] == (0, out.shape[-1]):
-            return out + self._post(F.linear(h, self.lora_b))
-        b_offset = 0  # in-place slice adds: the host's output is not needed by its backward
-        for p, (start, size) in enumerate(self.out_slices):
-            delta = F.linear(h[..., p * self.dim:(p + 1) * self.dim], self.lora_b[b_offset:b_offset + size])
-            out[..., start:start + size] += self._post(delta)
-            b_offset += size
-        return out
+        return out + self._post(F.linear(h, self.expanded_b(out.shape[-1])))
+
+    def expanded_b(self, out_features: int) -> torch.Tensor:
+        """B as one [out_features, P*r] matrix: B_p in rows start_p.. and columns p*r.., zeros elsewhere.
+
+        One matmul then adds every part's update (the zero blocks cost ~P*r/in of the host's
+        flops); in-place adds into slices of the host output would cost a zero-fill and copies
+        of the whole output in backward."""
+        if len(self.out_slices) == 1 and self.out_slices[0] == (0, out_features):
+            return self.lora_b
+        sizes = [size for _, size in self.out_slices]
+        blocks = torch.block_diag(*self.lora_b.split(sizes))  # [sum(size_p), P*r]
+        pieces, row, b_row = [], 0, 0
+        for start, size in self.out_slices:  # zero rows for the host's parts this adapter skips
+            if start > row:
+                pieces.append(blocks.new_zeros(start - row, blocks.shape[1]))
+            pieces.append(blocks[b_row:b_row + size])
+            row, b_row = start + size, b_row + size
+        if row < out_features:
+            pieces.append(blocks.new_zeros(out_features - row, blocks.shape[1]))
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
     def delta_weight(self) -> list[tuple[int, int, torch.Tensor]]:
         """(start, size, scale * B_p @ A_p) per part, in fp32 — for merging only."""
