@@ -58,11 +58,10 @@ def add_lora_hf(model):
 
 
 def loss_ours(model, ids):
-    # Next-token loss over every position, computed the way HF's ForCausalLMLoss does with labels=ids:
-    # full logits, labels shifted left and padded with -100 (no copy of a sliced logits tensor).
-    logits = model.logits(model(ids, return_hidden=True))
+    # Next-token loss over every position (labels shifted left, -100 at the end, as HF's ForCausalLMLoss
+    # with labels=ids), through the model's own training loss: the LM head in chunks, no full logits.
     labels = F.pad(ids[:, 1:], (0, 1), value=-100)
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    return model.lm_loss(model(ids, return_hidden=True), labels)
 
 
 def loss_hf(model, ids):

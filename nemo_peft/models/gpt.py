@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from nemo_peft.core.mixin import AdapterMixin
+from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
 from nemo_peft.modules.kv_cache import KVCache
 from nemo_peft.modules.layer import TransformerStack
@@ -114,9 +115,16 @@ class GPTModel(nn.Module, AdapterMixin):
             x = x[:, n:]
         return x if return_hidden else self.logits(x)
 
+    def output_weight(self) -> torch.Tensor:
+        return self.embedding.word_embeddings.weight if self.output_layer is None else self.output_layer.weight
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embedding.word_embeddings.weight if self.output_layer is None else self.output_layer.weight
-        return nn.functional.linear(hidden, weight)
+        return nn.functional.linear(hidden, self.output_weight())
+
+    def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``logits(hidden)`` against ``labels`` (-100 = ignore), computed in
+        chunks so the full logits are never held (see modules/chunked_loss.py)."""
+        return linear_cross_entropy(hidden, self.output_weight(), labels)
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         """A cache for ``max_len`` real tokens (room for active virtual tokens is added)."""

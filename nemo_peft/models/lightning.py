@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, fields
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from nemo_peft.generation import SamplingParams, generate
 
@@ -83,8 +82,7 @@ class GPTSFTModel(L.LightningModule):
         keep = batch["loss_mask"] > 0
         if not bool(keep.any()):
             raise ValueError("A batch has no answer tokens to train on; check label_key and max_seq_length.")
-        logits = self.model.logits(hidden[keep])
-        return F.cross_entropy(logits.float(), batch["labels"][keep])
+        return self.model.lm_loss(hidden[keep], batch["labels"][keep])
 
     def on_train_start(self):
         self.train()  # loaders return models in eval mode; dropout must be live while training

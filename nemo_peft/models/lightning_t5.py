@@ -6,7 +6,6 @@ Only what differs for an encoder-decoder is here: the teacher-forced loss on
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nemo_peft.data.seq2seq_dataset import IGNORE_INDEX
 from nemo_peft.models.lightning import GPTSFTModel
@@ -26,8 +25,7 @@ class T5SFTModel(GPTSFTModel):
         keep = batch["labels"] != IGNORE_INDEX
         if not bool(keep.any()):
             raise ValueError("A batch has no label tokens to train on; check label_key and max_target_length.")
-        logits = self.model.logits(hidden[keep])
-        return F.cross_entropy(logits.float(), batch["labels"][keep])
+        return self.model.lm_loss(hidden[keep], batch["labels"][keep])
 
     @property
     def eos_id(self) -> int | None:

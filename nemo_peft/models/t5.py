@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.core.mixin import AdapterMixin
+from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
 from nemo_peft.modules.mlp import MLP
 from nemo_peft.modules.t5_blocks import (RelativePositionBias, T5CrossAttention, T5KVCache, T5SelfAttention,
@@ -150,11 +151,18 @@ class T5Model(nn.Module, AdapterMixin):
         hidden = self.decoder(x, decoder_attention_mask, encoder_outputs, memory_mask, kv_cache)
         return hidden if return_hidden else self.logits(hidden)
 
+    def output_weight(self) -> torch.Tensor:
+        return self.embedding.word_embeddings.weight if self.output_layer is None else self.output_layer.weight
+
+    def _head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden * self.config.d_model ** -0.5 if self.config.scale_decoder_outputs else hidden
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.config.scale_decoder_outputs:
-            hidden = hidden * self.config.d_model ** -0.5
-        weight = self.embedding.word_embeddings.weight if self.output_layer is None else self.output_layer.weight
-        return F.linear(hidden, weight)
+        return F.linear(self._head_input(hidden), self.output_weight())
+
+    def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``logits(hidden)`` against ``labels`` (-100 = ignore), in chunks."""
+        return linear_cross_entropy(self._head_input(hidden), self.output_weight(), labels)
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> T5KVCache:
         """A decoder cache for ``max_len`` decoder positions (the start token included)."""

@@ -1,0 +1,76 @@
+"""linear_cross_entropy against the dense reference F.cross_entropy(F.linear(...))."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nemo_peft.modules.chunked_loss import linear_cross_entropy
+
+
+def reference(hidden, weight, labels):
+    return F.cross_entropy(F.linear(hidden, weight).float().flatten(0, -2), labels.flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("weight_trains", [False, True])
+@pytest.mark.parametrize("chunk_size", [3, 512])
+def test_loss_and_gradients_equal_the_dense_reference(weight_trains, chunk_size):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 9, 16, generator=g) * 2
+    weight = torch.randn(50, 16, generator=g)
+    labels = torch.randint(0, 50, (2, 9), generator=g)
+    labels[0, :3] = -100  # ignored rows get no gradient and do not count in the mean
+    losses, grads = [], []
+    for fn in (reference, lambda h, w, y: linear_cross_entropy(h, w, y, chunk_size=chunk_size)):
+        h = hidden.clone().requires_grad_()
+        w = weight.clone().requires_grad_(weight_trains)
+        loss = fn(h, w, labels)
+        (2.5 * loss).backward()  # a non-unit incoming gradient
+        losses.append(loss.detach())
+        grads.append((h.grad, w.grad))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    assert grads[1][0][0, :3].abs().sum() == 0
+    if weight_trains:
+        torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-6)
+    else:
+        assert grads[1][1] is None
+
+
+def test_bf16_autocast_is_close_to_the_reference():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(64, 32, generator=g, requires_grad=True)
+    weight = torch.randn(100, 32, generator=g) * 0.2
+    labels = torch.randint(0, 100, (64,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(hidden, weight, labels, chunk_size=16)
+        ref = reference(hidden, weight, labels)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+    ours.backward()
+    assert hidden.grad is not None and hidden.grad.dtype == torch.float32
+
+
+def test_shape_mismatch_is_a_clear_error():
+    with pytest.raises(ValueError, match="labels"):
+        linear_cross_entropy(torch.randn(2, 3, 4), torch.randn(5, 4), torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5_tied_scaled", "t5_untied"])
+def test_model_lm_loss_equals_cross_entropy_of_its_logits(arch):
+    from nemo_peft.models.t5 import T5Config, T5Model
+    from tests.conftest import make_model
+
+    torch.manual_seed(0)
+    if arch == "gpt":
+        model = make_model("qwen2")  # untied output layer
+    else:
+        model = T5Model(T5Config(vocab_size=97, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                 tie_word_embeddings=arch == "t5_tied_scaled"))
+    hidden = torch.randn(3, 5, model.output_weight().shape[1], requires_grad=True)
+    labels = torch.randint(0, 97, (3, 5))
+    labels[1] = -100
+    ours = model.lm_loss(hidden, labels)
+    ref = F.cross_entropy(model.logits(hidden).float().flatten(0, 1), labels.flatten())
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    g_ours, = torch.autograd.grad(ours, hidden)
+    g_ref, = torch.autograd.grad(ref, hidden)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
