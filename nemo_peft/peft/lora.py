@@ -93,7 +93,15 @@ class LoraAdapter(nn.Module):
     def merge(self, host: nn.Linear, sign: float = 1.0) -> None:
         """Fold the update into ``host.weight`` (sign=-1 takes it out again)."""
         check_mergeable(host)
-        for start, size, delta in self.delta_weight():
+        if host.weight.dtype == torch.float32:  # one in-place rows += sign * scale * B_p @ A_p per part
+            b_offset = 0
+            for p, (start, size) in enumerate(self.out_slices):
+                a = self.lora_a[p * self.dim:(p + 1) * self.dim].to(host.weight.device)
+                b = self.lora_b[b_offset:b_offset + size].to(host.weight.device)
+                host.weight[start:start + size].addmm_(b.float(), a.float(), alpha=sign * self.scale)
+                b_offset += size
+            return
+        for start, size, delta in self.delta_weight():  # low precision: add in fp32, round once
             rows = host.weight[start:start + size]
             rows.copy_((rows.float() + sign * delta).to(rows.dtype))
 
