@@ -67,6 +67,16 @@ class LoraAdapter(nn.Module):
         of the whole output in backward."""
         if len(self.out_slices) == 1 and self.out_slices[0] == (0, out_features):
             return self.lora_b
+        if torch.is_grad_enabled() and self.lora_b.requires_grad:
+            return self._build_expanded_b(out_features)
+        # inference (e.g. each decoding step): build once per version of B (an optimizer step or a load bumps it)
+        key = (self.lora_b._version, self.lora_b.data_ptr(), self.lora_b.dtype, out_features)
+        if getattr(self, "_expanded_key", None) != key:
+            with torch.no_grad():
+                self._expanded, self._expanded_key = self._build_expanded_b(out_features), key
+        return self._expanded
+
+    def _build_expanded_b(self, out_features: int) -> torch.Tensor:
         sizes = [size for _, size in self.out_slices]
         blocks = torch.block_diag(*self.lora_b.split(sizes))  # [sum(size_p), P*r]
         pieces, row, b_row = [], 0, 0

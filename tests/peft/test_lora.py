@@ -203,3 +203,18 @@ def test_dropout_only_in_training(position):
     ad.train()
     torch.manual_seed(0)
     assert not torch.equal(ad(x, out), ad.eval()(x, out))
+
+
+def test_inference_cache_of_the_expanded_b_follows_updates():
+    model = make_model("llama")
+    model.add_adapter(LoraPEFTConfig(target_modules=["q_proj", "v_proj"], dim=2))
+    randomize_adapters(model)
+    with torch.no_grad():
+        first = model(IDS)
+        assert torch.equal(model(IDS), first)  # served from the cache
+        for n, p in model.named_parameters():
+            if n.endswith("lora_b"):
+                p.mul_(2.0)  # in place, as an optimizer step: the cache must notice
+        changed = model(IDS)
+    assert not torch.equal(changed, first)
+    torch.testing.assert_close(model(IDS), changed, rtol=0, atol=0)  # grad mode builds B afresh: same result
