@@ -1,7 +1,9 @@
 """A pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
 from nemo_peft.modules.attention import SelfAttention
@@ -44,8 +46,15 @@ class TransformerStack(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(TransformerLayer(cfg, i) for i in range(cfg.num_layers))
         self.final_layernorm = build_norm(cfg.normalization, cfg.hidden_size, cfg.layernorm_epsilon)
+        # NeMo's activations_checkpoint_granularity="full": keep only each layer's input in training
+        # and recompute the layer in backward (less memory, one more forward of the layers)
+        self.activation_checkpointing = False
 
     def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
+        recompute = self.activation_checkpointing and torch.is_grad_enabled() and kv_cache is None
         for layer in self.layers:
-            x = layer(x, rope, attn_mask, kv_cache)
+            if recompute:
+                x = checkpoint(layer, x, rope, attn_mask, None, use_reentrant=False)
+            else:
+                x = layer(x, rope, attn_mask, kv_cache)
         return self.final_layernorm(x)

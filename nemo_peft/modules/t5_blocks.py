@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
 from nemo_peft.modules.kv_cache import KVCache
@@ -224,6 +225,7 @@ class T5Stack(nn.Module):
                                                   bidirectional=not is_decoder)
         self.layers = nn.ModuleList(T5Layer(cfg, i, is_decoder) for i in range(num_layers))
         self.final_layernorm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.activation_checkpointing = False
 
     def forward(self, x, padding_mask=None, memory=None, memory_mask=None, kv_cache=None):
         """``padding_mask`` [B, past+T] marks this stack's real tokens (1) and padding (0);
@@ -232,8 +234,12 @@ class T5Stack(nn.Module):
         past = kv_cache.length if kv_cache is not None else 0
         bias = self.attention_bias(padding_mask, t, past, x.dtype)
         cross_mask = additive_padding_mask(memory_mask, x.dtype)
+        recompute = self.activation_checkpointing and torch.is_grad_enabled() and kv_cache is None
         for layer in self.layers:
-            x = layer(x, bias, memory, cross_mask, kv_cache)
+            if recompute:  # keep only each layer's input; recompute the layer in backward
+                x = checkpoint(layer, x, bias, memory, cross_mask, None, use_reentrant=False)
+            else:
+                x = layer(x, bias, memory, cross_mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(t)
         return self.final_layernorm(x)

@@ -106,6 +106,11 @@ def build_model(model_cfg: DictConfig) -> GPTSFTModel:
     module = module_cls(model, tokenizer, optim=to_dict(model_cfg.get("optim")),
                         generation=to_dict(model_cfg.get("generation")),
                         eval_exact_match=model_cfg.get("eval_exact_match", True))
+    granularity = model_cfg.get("activations_checkpoint_granularity")
+    if granularity not in (None, "full"):
+        raise ValueError(f"model.activations_checkpoint_granularity={granularity!r}; use null (keep activations) "
+                         "or 'full' (recompute every layer in backward).")
+    model.set_activation_checkpointing(granularity == "full")
     peft = model_cfg.get("peft")
     if peft is not None and peft.get("peft_scheme"):
         module.add_adapter(configs_from_peft_section(to_dict(peft), tokenizer))

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -57,3 +58,32 @@ def test_exact_match_counts_generated_answers():
     b["answers"] = [pred.strip() + "x"]
     m._eval_step(b, "val")
     assert m._em == {"correct": 1, "total": 2}
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(arch):
+    from nemo_peft.models.t5 import T5Config, T5Model
+    from nemo_peft.peft import LoraPEFTConfig
+    from tests.conftest import make_model
+
+    def build():
+        torch.manual_seed(0)
+        m = make_model("llama") if arch == "gpt" else T5Model(T5Config(vocab_size=97, d_model=32, d_kv=8, d_ff=32,
+                                                                        num_layers=2, num_heads=2))
+        m.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=2))
+        for n, p in m.named_parameters():
+            if "lora_b" in n:
+                torch.nn.init.normal_(p, std=0.1)
+        return m.train()
+
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    results = []
+    for recompute in (False, True):
+        m = build()
+        m.set_activation_checkpointing(recompute)
+        out = m(ids) if arch == "gpt" else m(ids, None, ids[:, :5])
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad for n, p in m.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for n, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][n], g, rtol=1e-6, atol=1e-7)
