@@ -166,6 +166,11 @@ def mem_child(args):
     torch.set_num_threads(args.threads)
     ours = args.child == "ours"
     model = add_lora_ours(load_ours()) if ours else add_lora_hf(load_hf())
+    if args.recompute:  # activation checkpointing, each side its own way
+        if ours:
+            model.set_activation_checkpointing(True)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     batches = make_batches(2, args.batch, args.seq, model.config.vocab_size)
     tr = Trainer(model, loss_ours if ours else loss_hf, args.bf16, batches)
     gc.collect()
@@ -180,9 +185,10 @@ def mem_child(args):
                                   "increase_mib": (peak - base) / 1024}), flush=True)
 
 
-def measure_memory(side, args):
+def measure_memory(side, args, recompute=False):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--seq", str(args.seq),
-           "--batch", str(args.batch), "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else [])
+           "--batch", str(args.batch), "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else []) \
+        + (["--recompute"] if recompute else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -216,6 +222,9 @@ def run(args):
     row(f"train peak RSS increase, MiB ({prec})", mem["ours"]["increase_mib"], mem["hf"]["increase_mib"],
         ".0f", False)
     row("train peak RSS total, MiB", mem["ours"]["peak_mib"], mem["hf"]["peak_mib"], ".0f", False)
+    mem = {side: measure_memory(side, args, recompute=True) for side in ("ours", "hf")}
+    row(f"train peak RSS increase, MiB ({prec}, activation checkpointing on both sides)",
+        mem["ours"]["increase_mib"], mem["hf"]["increase_mib"], ".0f", False)
 
     print("[2/6] loading both models", flush=True)
     ours, hf = load_ours(), load_hf()
@@ -367,6 +376,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     ap.add_argument("--out", default=os.path.join(HERE, "results.md"), help="markdown output file")
     ap.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)  # memory subprocess
+    ap.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)  # child: activation checkpointing
     args = ap.parse_args()
     q = args.quick
     for k, v in dict(steps=2 if q else 10, warmup=1 if q else 2, seq=64 if q else 256, batch=4).items():
