@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
+from nemo_peft.modules.lean_autograd import swiglu
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -25,7 +26,7 @@ class MLP(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
-        self.act = ACTIVATIONS[activation]
+        self.act, self.activation = ACTIVATIONS[activation], activation
         self.gated = gated
         width = 2 * ffn_hidden_size if gated else ffn_hidden_size
         self.linear_fc1 = nn.Linear(hidden_size, width, bias=bias)
@@ -38,7 +39,9 @@ class MLP(nn.Module):
         h = self.linear_fc1(x)
         if self.lora_fc1.active:
             h = self.lora_fc1(x, h)
-        if self.gated:
+        if self.gated and self.activation == "silu":
+            h = swiglu(h)  # keeps only [gate | up] for backward
+        elif self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
         else:

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from nemo_peft.modules.lean_autograd import rotary
+
 
 def rope_inv_freq(head_dim: int, base: float, scaling: dict | None) -> torch.Tensor:
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
@@ -93,7 +95,4 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, H, T, D]; cos/sin: [B, T, D]. Rotates the two halves (the HF/NeoX layout)."""
-    cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    return rotary(x, cos[:, None], sin[:, None])  # saves only cos/sin for backward
