@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nemo_peft.convert.hf_peft import load_hf_peft, save_hf_peft
+from nemo_peft.convert.hf_peft import save_hf_peft
 from nemo_peft.convert.hf_t5 import load_hf_t5
 from nemo_peft.peft.lora import LoraPEFTConfig
+from tests.convert.test_hf_peft import randomize
 from tests.convert.test_hf_t5 import _hf_checkpoint, _pristine_dir  # noqa: F401 (the fixture builds the checkpoints)
 
 transformers = pytest.importorskip("transformers")
@@ -33,14 +34,6 @@ def hf_logits(model):
 def our_logits(model):
     with torch.no_grad():
         return model(ENC, MASK, DEC)
-
-
-def randomize(module, marker, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in module.named_parameters():
-            if marker in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 def peft_model(hf_model, adapter_dir):

@@ -40,13 +40,13 @@ def batch(seed=1, s=9, t=6, pad=3):
     return ids, mask, dec
 
 
-def perturb_adapters(model, seed=3):
+def perturb_adapters(model, seed=3, scale=0.3):
     """Non-zero adapter weights (LoRA B starts at zero, IA3 at one)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if ".adapters." in n:
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+                p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 # --- the model ------------------------------------------------------------------------------

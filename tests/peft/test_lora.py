@@ -218,3 +218,17 @@ def test_inference_cache_of_the_expanded_b_follows_updates():
         changed = model(IDS)
     assert not torch.equal(changed, first)
     torch.testing.assert_close(model(IDS), changed, rtol=0, atol=0)  # grad mode builds B afresh: same result
+
+
+def test_module_path_targets_select_hosts_and_parts():
+    model = make_model("llama")
+    model.add_adapter(LoraPEFTConfig(target_modules=["decoder.layers.0.self_attention.linear_qkv.v",
+                                                     "*.layers.1.mlp.linear_fc1.up", "decoder.layers.2.mlp.linear_fc2"],
+                                     dim=2))
+    got = {path: ad.out_slices for path, slot in model.adapter_slots_by_path().items()
+           for ad in slot.adapters.values()}
+    attn = model.decoder.layers[0].self_attention
+    mlp = model.decoder.layers[1].mlp
+    assert got == {"decoder.layers.0.self_attention.lora_qkv": [attn.output_parts["linear_qkv"]["v"]],
+                   "decoder.layers.1.mlp.lora_fc1": [mlp.output_parts["linear_fc1"]["up"]],
+                   "decoder.layers.2.mlp.lora_fc2": [(0, 48)]}

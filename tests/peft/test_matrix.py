@@ -14,6 +14,7 @@ from nemo_peft.models.t5 import T5Config, T5Model
 from nemo_peft.peft import (CanonicalAdaptersPEFTConfig, DoraPEFTConfig, IA3PEFTConfig, LoraPEFTConfig,
                             PrefixTuningPEFTConfig, PromptTuningPEFTConfig, PtuningPEFTConfig, QLoraPEFTConfig)
 from tests.conftest import make_model
+from tests.models.test_t5 import perturb_adapters
 
 VOCAB = 97
 G = torch.Generator().manual_seed(11)
@@ -87,11 +88,7 @@ def loss(model):
 
 def randomize(model, seed=1):
     """Move every adapter away from its (often identity) init, so tests see its effect."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".adapters." in n:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    perturb_adapters(model, seed, scale=0.1)
 
 
 @pytest.fixture(params=ARCHS)

@@ -14,6 +14,16 @@ def run_example(script, *overrides, cwd):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def predict(model, adapter, tiny_task, tmp_path):
+    """generate.py on the tiny task's test split: (the finished process, the rows it wrote)."""
+    preds = tmp_path / "preds.jsonl"
+    gen = run_example("generate.py", f"model={model}", f"adapter_path={adapter}", f"output_file={preds}",
+                      f"data.predict_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false",
+                      cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    return gen, [json.loads(line) for line in open(preds)]
+
+
 def test_finetune_then_generate(tiny_task, tmp_path):
     out = tmp_path / "run"
     ft = run_example(
@@ -28,12 +38,7 @@ def test_finetune_then_generate(tiny_task, tmp_path):
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_weights.safetensors").is_file()
     assert (out / "checkpoints" / "last.ckpt").is_file()
 
-    preds = tmp_path / "preds.jsonl"
-    gen = run_example("generate.py", "model=tiny", f"adapter_path={adapter}", f"output_file={preds}",
-                      f"data.predict_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false",
-                      cwd=tmp_path)
-    assert gen.returncode == 0, gen.stderr[-3000:]
-    rows = [json.loads(line) for line in open(preds)]
+    _, rows = predict("tiny", adapter, tiny_task, tmp_path)
     assert len(rows) == 16 and {"input", "prediction", "label"} <= set(rows[0])
     assert rows[0]["input"].startswith("x: ")
 
@@ -63,9 +68,5 @@ def test_comma_list_of_schemes_trains_saves_and_generates(tiny_task, tmp_path, s
     assert ft.returncode == 0, ft.stderr[-3000:]
     saved = json.load(open(out / "adapter" / "adapter_config.json"))["adapters"]["default"]
     assert [c["method"] for c in saved] == [{"adapter": "adapter"}.get(s, s) for s in schemes.split(",")]
-    preds = tmp_path / "preds.jsonl"
-    gen = run_example("generate.py", "model=tiny", f"adapter_path={out / 'adapter'}", f"output_file={preds}",
-                      f"data.predict_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false",
-                      cwd=tmp_path)
-    assert gen.returncode == 0, gen.stderr[-3000:]
-    assert len(open(preds).readlines()) == 16
+    _, rows = predict("tiny", out / "adapter", tiny_task, tmp_path)
+    assert len(rows) == 16

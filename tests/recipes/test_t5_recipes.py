@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from nemo_peft.models.lightning_t5 import T5SFTModel
 from nemo_peft.models.t5 import T5Model
 from nemo_peft.recipes.build import build_data, build_model
-from tests.recipes.test_hydra_e2e import run_example
+from tests.recipes.test_hydra_e2e import predict, run_example
 
 
 def task_overrides(tiny_task):
@@ -29,12 +29,7 @@ def test_t5_finetune_then_generate(tiny_task, tmp_path, scheme):
     before, after = (float(x) for x in re.findall(r"([\d.]+)%", line))  # (a random tiny T5 learns little)
     saved = json.load(open(out / "adapter" / "adapter_config.json"))["adapters"]["default"]
     assert [c["method"] for c in saved] == scheme.split(",")
-    preds = tmp_path / "preds.jsonl"
-    gen = run_example("generate.py", "model=t5", f"adapter_path={out / 'adapter'}", f"output_file={preds}",
-                      f"data.predict_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false",
-                      cwd=tmp_path)
-    assert gen.returncode == 0, gen.stderr[-3000:]
-    rows = [json.loads(x) for x in open(preds)]
+    gen, rows = predict("t5", out / "adapter", tiny_task, tmp_path)
     assert len(rows) == 16 and rows[0]["input"].startswith("x: ") and rows[0]["label"]
     # Trainer.predict with the saved adapter reproduces the exact match finetune.py measured
     em = 100.0 * sum(r["prediction"] == r["label"] for r in rows) / len(rows)
