@@ -54,13 +54,6 @@ class DoraAdapter(LoraAdapter):
                             "quantized (QLoRA) hosts are not supported.")
         return weight
 
-    def _parts(self):
-        """(p, start, size, A_p, B_p) for every covered part."""
-        b_offset = 0
-        for p, (start, size) in enumerate(self.out_slices):
-            yield p, start, size, self.lora_a[p * self.dim:(p + 1) * self.dim], self.lora_b[b_offset:b_offset + size]
-            b_offset += size
-
     @torch.no_grad()
     def weight_norm(self) -> torch.Tensor:
         """‖W + s·B·A‖ per covered row, in fp32, without forming B·A (detached, as in peft)."""

@@ -77,39 +77,29 @@ class LoraAdapter(nn.Module):
         return self._expanded
 
     def _build_expanded_b(self, out_features: int) -> torch.Tensor:
-        sizes = [size for _, size in self.out_slices]
-        blocks = torch.block_diag(*self.lora_b.split(sizes))  # [sum(size_p), P*r]
-        pieces, row, b_row = [], 0, 0
-        for start, size in self.out_slices:  # zero rows for the host's parts this adapter skips
-            if start > row:
-                pieces.append(blocks.new_zeros(start - row, blocks.shape[1]))
-            pieces.append(blocks[b_row:b_row + size])
-            row, b_row = start + size, b_row + size
-        if row < out_features:
-            pieces.append(blocks.new_zeros(out_features - row, blocks.shape[1]))
-        return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        b = self.lora_b.new_zeros(out_features, len(self.out_slices) * self.dim)
+        for p, start, size, _, b_p in self._parts():  # rows of parts this adapter skips stay zero
+            b[start:start + size, p * self.dim:(p + 1) * self.dim] = b_p
+        return b
+
+    def _parts(self):
+        """(p, start, size, A_p, B_p) for every covered part (views into lora_a / lora_b)."""
+        b_offset = 0
+        for p, (start, size) in enumerate(self.out_slices):
+            yield p, start, size, self.lora_a[p * self.dim:(p + 1) * self.dim], self.lora_b[b_offset:b_offset + size]
+            b_offset += size
 
     def delta_weight(self) -> list[tuple[int, int, torch.Tensor]]:
         """(start, size, scale * B_p @ A_p) per part, in fp32 — for merging only."""
-        out, b_offset = [], 0
-        for p, (start, size) in enumerate(self.out_slices):
-            a = self.lora_a[p * self.dim:(p + 1) * self.dim].float()
-            b = self.lora_b[b_offset:b_offset + size].float()
-            out.append((start, size, (b @ a) * self.scale))
-            b_offset += size
-        return out
+        return [(start, size, (b.float() @ a.float()) * self.scale) for _, start, size, a, b in self._parts()]
 
     @torch.no_grad()
     def merge(self, host: nn.Linear, sign: float = 1.0) -> None:
         """Fold the update into ``host.weight`` (sign=-1 takes it out again)."""
         check_mergeable(host)
         if host.weight.dtype == torch.float32:  # one in-place rows += sign * scale * B_p @ A_p per part
-            b_offset = 0
-            for p, (start, size) in enumerate(self.out_slices):
-                a = self.lora_a[p * self.dim:(p + 1) * self.dim].to(host.weight.device)
-                b = self.lora_b[b_offset:b_offset + size].to(host.weight.device)
-                host.weight[start:start + size].addmm_(b.float(), a.float(), alpha=sign * self.scale)
-                b_offset += size
+            for _, start, size, a, b in self._parts():
+                host.weight[start:start + size].addmm_(b.to(host.weight), a.to(host.weight), alpha=sign * self.scale)
             return
         for start, size, delta in self.delta_weight():  # low precision: add in fp32, round once
             rows = host.weight[start:start + size]
