@@ -81,8 +81,8 @@ class NF4Linear(nn.Module):
 
     Same ``in_features``/``out_features``/``bias`` as the linear it replaces; there is no dense
     ``.weight`` (``dequantize()`` makes a full-precision copy). Forward dequantizes for the matmul
-    (and again in backward, for the input's gradient), so no full-precision weight is kept. Input is cast to ``compute_dtype`` (None: the input's dtype)
-    and the output back to the input's dtype.
+    (and again in backward, for the input's gradient), so no full-precision weight is kept. Input
+    is cast to ``compute_dtype`` (None: the input's dtype) and the output back to the input's dtype.
 
     ``scales`` (a frozen Parameter, in the original weight's dtype) is what ``parameters()``
     reports, so the module carries the model's dtype and device like the linear it replaced.

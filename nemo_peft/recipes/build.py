@@ -46,7 +46,7 @@ def to_dict(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
-ARCHS = {"gpt": GPTModel, "t5": T5Model}  # model.arch -> the model class it means
+ARCHS = {"gpt": (GPTModel, GPTConfig), "t5": (T5Model, T5Config)}  # model.arch -> model and config classes
 
 
 def _arch(model_cfg: DictConfig) -> str:
@@ -59,23 +59,18 @@ def _arch(model_cfg: DictConfig) -> str:
 
 def _scratch_model(arch: str, scratch: dict, tokenizer: Tokenizer):
     """A fresh random model of ``arch`` whose special ids are the byte-level tokenizer's."""
-    if arch == "t5":
-        ids = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
-               "eos_token_id": tokenizer.eos_id, "decoder_start_token_id": tokenizer.pad_id}
-        try:
-            return T5Model(T5Config.from_dict({**ids, **scratch}))
-        except ValueError as e:  # name the GPT options a T5 does not take
-            gpt_only = sorted(k for k in scratch if k in GPTConfig.__dataclass_fields__)
-            hint = f" {gpt_only} are GPTConfig options (model.arch=gpt)." if gpt_only else ""
-            raise ValueError(f"model.from_scratch for arch=t5: {e}{hint}") from None
-    ids = {"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_id,
-           "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    ids = {"vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    ids.update({"decoder_start_token_id": tokenizer.pad_id} if arch == "t5" else {"bos_token_id": tokenizer.bos_id})
+    model_cls, config_cls = ARCHS[arch]
     try:
-        return GPTModel(GPTConfig.from_dict({**ids, **scratch}))
-    except ValueError as e:
-        t5_only = sorted(k for k in scratch if k in T5Config.__dataclass_fields__)
-        hint = f" {t5_only} are T5Config options: set model.arch=t5 (or use model=t5)." if t5_only else ""
-        raise ValueError(f"model.from_scratch for arch=gpt: {e}{hint}") from None
+        return model_cls(config_cls.from_dict({**ids, **scratch}))
+    except ValueError as e:  # name the options that belong to the other architecture
+        other = "gpt" if arch == "t5" else "t5"
+        other_cls = ARCHS[other][1]
+        foreign = sorted(k for k in scratch
+                         if k in other_cls.__dataclass_fields__ and k not in config_cls.__dataclass_fields__)
+        hint = f" {foreign} are {other_cls.__name__} options: set model.arch={other}." if foreign else ""
+        raise ValueError(f"model.from_scratch for arch={arch}: {e}{hint}") from None
 
 
 def load_base(model_cfg: DictConfig):
@@ -85,8 +80,8 @@ def load_base(model_cfg: DictConfig):
     scratch = model_cfg.get("from_scratch")
     if scratch is None:
         model, tokenizer = load_pretrained(model_cfg.get("restore_from_path"))
-        if not isinstance(model, ARCHS[arch]):
-            found = next(a for a, cls in ARCHS.items() if isinstance(model, cls))
+        if not isinstance(model, ARCHS[arch][0]):
+            found = next(a for a, (cls, _) in ARCHS.items() if isinstance(model, cls))
             raise ValueError(f"model.arch={arch} but {model_cfg.get('restore_from_path') or 'the default model'!r} "
                              f"holds a {type(model).__name__} ({found}); set model.arch={found}.")
         return model, tokenizer

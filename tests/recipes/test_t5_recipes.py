@@ -87,6 +87,7 @@ def test_missing_label_key_in_t5_data_names_file_and_key(tmp_path):
     (dict(from_scratch={"hidden_size": 32, "num_attention_heads": 2}), r"hidden_size.*GPTConfig.*arch=gpt"),
     (dict(arch="gpt", from_scratch={"d_model": 32, "num_heads": 2}), r"d_model.*T5Config.*arch=t5"),
     (dict(arch="bert"), r"model\.arch='bert'.*gpt.*t5"),
+    (dict(activations_checkpoint_granularity="selective"), r"activations_checkpoint_granularity='selective'.*full"),
 ])
 def test_arch_mismatches_are_clear_errors(cfg, message):
     base = t5_model_cfg()
