@@ -36,7 +36,7 @@ def main():
 
     from transformers import AutoModelForCausalLM
 
-    from nemo_peft.convert.hf import save_hf as export
+    from nemo_peft.convert.hf_gpt import save_hf as export
     with tempfile.TemporaryDirectory() as d:
         export(ours, d, model_type="llama")
         hf = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()

@@ -69,7 +69,7 @@ def loss_hf(model, ids):
 
 
 def decode_ours(model, prompt, n):
-    from nemo_peft.generation import SamplingParams, generate
+    from nemo_peft.models.generation import SamplingParams, generate
     return generate(model, prompt, params=SamplingParams(max_new_tokens=n, greedy=True), eos_id=None)[0]
 
 

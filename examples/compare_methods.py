@@ -12,7 +12,7 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from nemo_peft.recipes.build import register_resolvers
+from nemo_peft.recipes.hydra_args import register_resolvers
 from nemo_peft.recipes.finetune import run_finetune
 
 METHODS = ["lora", "dora", "qlora", "ia3", "adapter", "ptuning", "prompt_tuning", "prefix_tuning",

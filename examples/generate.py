@@ -7,7 +7,7 @@ import sys
 
 import hydra
 
-from nemo_peft.recipes.build import quote_comma_lists, register_resolvers
+from nemo_peft.recipes.hydra_args import quote_comma_lists, register_resolvers
 from nemo_peft.recipes.generate import run_generate
 
 register_resolvers()

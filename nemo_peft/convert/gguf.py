@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from nemo_peft.convert.gguf_tokenizer import build_gguf_tokenizer
+from nemo_peft.convert.hf_gpt import fill_rope
+from nemo_peft.convert.instantiate import instantiate
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.models.gpt import GPTConfig, GPTModel
-from nemo_peft.modules.rope import rope_inv_freq
 
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -208,28 +209,6 @@ def convert_state_dict(tensors: dict, cfg: GPTConfig, arch: str) -> dict[str, to
     return {k: torch.from_numpy(np.require(v, np.float32, ["C", "W"])) for k, v in sd.items()}
 
 
-def _instantiate(cfg: GPTConfig, state: dict, path: str) -> GPTModel:
-    """A GPTModel holding ``state``, built on the meta device so no random init is paid for."""
-    with torch.device("meta"):
-        model = GPTModel(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items() if ".adapters." not in k}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k])}"
-             for k, v in state.items() if k in expected and v.shape != expected[k]]
-    if missing or unexpected or wrong:
-        raise ValueError(f"GGUF tensors of {path!r} do not fit the config read from its metadata: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}.")
-    model.load_state_dict(state, strict=False, assign=True)
-    if model.rotary is not None:  # non-persistent buffer: recompute it on the CPU
-        model.rotary.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rotary_base, cfg.rope_scaling)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # a module gained state this loader does not know how to fill: build it the slow way
-        model = GPTModel(cfg)
-        model.load_state_dict(state, strict=False)
-    return model
-
-
 def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> tuple[GPTModel, Tokenizer]:
     """(model, tokenizer) from a GGUF file; weights dequantized to ``dtype``."""
     path, reader = _open(path)
@@ -238,8 +217,5 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> tuple[GPTModel, 
     cfg = build_config(meta, tensors, path)
     state = convert_state_dict(tensors, cfg, meta["general.architecture"])
 
-    model = _instantiate(cfg, state, path)
-    model = model.to(dtype)
-    if model.rotary is not None:  # .to() casts buffers too; RoPE frequencies must stay fp32
-        model.rotary.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rotary_base, cfg.rope_scaling)
+    model = instantiate(GPTModel, cfg, state, f"GGUF file {path!r}", dtype, after_load=fill_rope)
     return model.eval(), build_gguf_tokenizer(meta)

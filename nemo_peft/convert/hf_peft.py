@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 import torch
 from safetensors.torch import save_file
 
-from nemo_peft.convert.hf_config import SUPPORTED, infer_model_type
+from nemo_peft.convert.hf_gpt_config import SUPPORTED, infer_model_type
 from nemo_peft.convert.hf_peft_file import (CONFIG_NAME, PREFIX, WEIGHTS_NAME, check_config, parse_lora_tensors,
                                             read_hf_peft)
 from nemo_peft.core.adapter_io import atomic_write

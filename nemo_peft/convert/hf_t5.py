@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 
 import torch
-from safetensors.torch import save_file
 
-from nemo_peft.convert.hf import (INDEX_NAME, WEIGHTS_NAME, _load_tokenizer, _read_json, _save_tokenizer,
-                                  _special_ids, _write_json, read_hf_config, read_weights)
-from nemo_peft.core.adapter_io import atomic_write
+from nemo_peft.convert.hf_dir import (load_tokenizer, read_hf_config, read_json, read_weights, special_ids,
+                                      write_checkpoint)
+from nemo_peft.convert.hf_peft_layout import HFPeftSpec, Layout
+from nemo_peft.convert.instantiate import instantiate
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.models.t5 import T5Config, T5Model, parse_feed_forward_proj
 
@@ -210,34 +210,16 @@ def t5_state_to_hf(sd: dict, cfg: T5Config) -> dict:
 
 # --- entry points -----------------------------------------------------------------------------
 
-def _instantiate(cfg: T5Config, state: dict, dtype: torch.dtype, source: str) -> T5Model:
-    """A T5Model holding ``state``, built on the meta device so no random init is paid for."""
-    state = {k: v.to(dtype) for k, v in state.items()}
-    with torch.device("meta"):
-        model = T5Model(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items() if ".adapters." not in k}
-    wrong = [f"{k}: file {tuple(v.shape)} vs config {tuple(expected[k])}"
-             for k, v in state.items() if k in expected and v.shape != expected[k]]
-    missing = sorted(set(expected) - set(state))
-    if wrong or missing:
-        raise ValueError(f"{source}: weights do not fit config.json: wrong shapes {wrong[:3]}, missing {missing[:3]}.")
-    model.load_state_dict(state, strict=False, assign=True)
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        model = T5Model(cfg).to(dtype)  # a module gained state this loader does not fill: build it the slow way
-        model.load_state_dict(state, strict=False)
-    return model
-
-
 def load_hf_t5(directory: str, dtype: torch.dtype = torch.float32) -> tuple[T5Model, Tokenizer | None]:
     """(model, tokenizer or None) from a local T5/mT5 checkpoint directory, weights cast to ``dtype``."""
     directory = os.path.expanduser(str(directory))
     hf = read_hf_config(directory)
     cfg = hf_to_t5_config(hf, source=os.path.join(directory, "config.json"))
     state = hf_to_t5_state(read_weights(directory), cfg, directory)
-    tok = _load_tokenizer(directory)
-    ids, _ = _special_ids(directory, hf, tok.backend if tok else None)
+    tok = load_tokenizer(directory)
+    ids, _ = special_ids(directory, hf, tok.backend if tok else None)
     gen_path = os.path.join(directory, "generation_config.json")
-    gen = _read_json(gen_path) if os.path.isfile(gen_path) else {}
+    gen = read_json(gen_path) if os.path.isfile(gen_path) else {}
     if ids["eos"] is not None:
         cfg.eos_token_id = ids["eos"]
     if ids["pad"] is not None:
@@ -247,7 +229,7 @@ def load_hf_t5(directory: str, dtype: torch.dtype = torch.float32) -> tuple[T5Mo
     if tok is not None:  # T5 has no BOS
         tok.bos_id, tok.eos_id, tok.pad_id = ids["bos"], cfg.eos_token_id, cfg.pad_token_id
     cfg.extra = {"source": "hf", "path": os.path.abspath(directory), "model_type": hf["model_type"]}
-    return _instantiate(cfg, state, dtype, directory).eval(), tok
+    return instantiate(T5Model, cfg, state, directory, dtype).eval(), tok
 
 
 def save_hf_t5(model: T5Model, directory: str, tokenizer: Tokenizer | None = None,
@@ -270,20 +252,12 @@ def save_hf_t5(model: T5Model, directory: str, tokenizer: Tokenizer | None = Non
         for k, tid in (("eos", tokenizer.eos_id), ("pad", tokenizer.pad_id)):
             if hf[f"{k}_token_id"] is None:
                 hf[f"{k}_token_id"] = tid
-    os.makedirs(directory, exist_ok=True)
-    atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    stale = os.path.join(directory, INDEX_NAME)
-    if os.path.isfile(stale):  # an old sharded index would make loaders ignore the new file
-        os.remove(stale)
-    _write_json(os.path.join(directory, "generation_config.json"),
-                {"decoder_start_token_id": hf["decoder_start_token_id"], "eos_token_id": hf["eos_token_id"],
-                 "pad_token_id": hf["pad_token_id"]})
-    if tokenizer is not None:
-        _save_tokenizer(tokenizer, directory, TOKENIZER_MAX_LEN)
-    _write_json(os.path.join(directory, "config.json"), hf)
+    generation = {"decoder_start_token_id": hf["decoder_start_token_id"], "eos_token_id": hf["eos_token_id"],
+                  "pad_token_id": hf["pad_token_id"]}
+    write_checkpoint(directory, tensors, hf, generation, tokenizer, TOKENIZER_MAX_LEN)
 
 
-def peft_layout(model: T5Model) -> dict[str, list[tuple[str, int, int]]]:
+def peft_layout(model: T5Model, model_type: str | None = None) -> Layout:
     """Our host linear path -> [(HF module path, row start, rows)], for HF-PEFT adapters: a fused
     host ([q | k | v], [k | v], [wi_0 | wi_1]) is the HF modules stacked in equal row blocks."""
     layout = {}
@@ -295,3 +269,11 @@ def peft_layout(model: T5Model) -> dict[str, list[tuple[str, int, int]]]:
         n = rows // len(theirs)
         layout[host] = [(t.removesuffix(".weight"), i * n, n) for i, t in enumerate(theirs)]
     return layout
+
+
+T5_PEFT_SPEC = HFPeftSpec(
+    task_type="SEQ_2_SEQ_LM",
+    model_types=SUPPORTED,
+    default_model_type=lambda model: model.config.extra.get("model_type") or "t5",
+    layout=peft_layout,  # t5 and mt5 name modules alike
+)

@@ -1,7 +1,8 @@
 """The project's own base-model format: config.json + model.safetensors + tokenizer.json.
 
-``config.json`` holds ``{"format": "nemo_peft_gpt" | "nemo_peft_t5", "config": {...}}``: the
-format names the model class, so one loader reads GPT-style and T5-style models.
+``config.json`` holds ``{"format": "nemo_peft_<family>", "config": {...}}``: the format names
+the model family (its descriptor in ``nemo_peft.families`` says which classes read it), so
+this module reads and writes every family the same way.
 """
 from __future__ import annotations
 
@@ -14,33 +15,29 @@ from safetensors.torch import load_file, save_file
 
 from nemo_peft.core.adapter_io import atomic_write
 from nemo_peft.data.tokenizer import Tokenizer
-from nemo_peft.models.gpt import GPTConfig, GPTModel
-from nemo_peft.models.t5 import T5Config, T5Model
 
-FORMAT = "nemo_peft_gpt"
-T5_FORMAT = "nemo_peft_t5"
-MODEL_CLASSES = {FORMAT: (GPTModel, GPTConfig), T5_FORMAT: (T5Model, T5Config)}
+FORMAT_PREFIX = "nemo_peft_"
 
 
 def format_of(meta) -> str | None:
-    """The native format named by a parsed config.json, or None if it is not ours."""
+    """The native format named by a parsed config.json (``nemo_peft_<family>``), or None."""
     fmt = meta.get("format") if isinstance(meta, dict) else None
-    return fmt if fmt in MODEL_CLASSES else None
+    return fmt if isinstance(fmt, str) and fmt.startswith(FORMAT_PREFIX) else None
 
 
-def is_native_dir(path: str) -> bool:
-    cfg = os.path.join(path, "config.json")
+def read_format(directory: str) -> str | None:
+    """The native format of a model directory, or None when it is not one of ours."""
+    cfg = os.path.join(str(directory), "config.json")
     if not os.path.isfile(cfg):
-        return False
-    with open(cfg) as f:
-        return format_of(json.load(f)) is not None
+        return None
+    with open(cfg, encoding="utf-8") as f:
+        return format_of(json.load(f))
 
 
-def save_model(model: GPTModel | T5Model, directory: str, tokenizer: Tokenizer | None = None) -> None:
-    """Base weights only (adapters are saved separately with save_adapters)."""
-    fmt = next((f for f, (cls, _) in MODEL_CLASSES.items() if isinstance(model, cls)), None)
-    if fmt is None:
-        raise TypeError(f"save_model writes GPTModel or T5Model, not {type(model).__name__}.")
+def save_model(model, directory: str, tokenizer: Tokenizer | None = None, *, fmt: str) -> None:
+    """Base weights only (adapters are saved separately with save_adapters), as format ``fmt``."""
+    if format_of({"format": fmt}) is None:
+        raise ValueError(f"format={fmt!r}; a nemo_peft model format starts with {FORMAT_PREFIX!r}.")
     os.makedirs(directory, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".adapters." not in k}
     atomic_write(os.path.join(directory, "model.safetensors"), lambda tmp: save_file(tensors, tmp))
@@ -53,14 +50,10 @@ def save_model(model: GPTModel | T5Model, directory: str, tokenizer: Tokenizer |
         tokenizer.save(directory)
 
 
-def load_model(directory: str, dtype: torch.dtype = torch.float32) -> tuple[GPTModel | T5Model, Tokenizer | None]:
-    with open(os.path.join(directory, "config.json")) as f:
+def load_model(directory: str, model_cls: type, config_cls: type, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer or None) of a native directory whose format is ``model_cls``'s family."""
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
         meta = json.load(f)
-    fmt = format_of(meta)
-    if fmt is None:
-        raise ValueError(f"{directory!r}/config.json has format={meta.get('format')!r}; "
-                         f"a nemo_peft model directory has one of {sorted(MODEL_CLASSES)}.")
-    model_cls, config_cls = MODEL_CLASSES[fmt]
     model = model_cls(config_cls.from_dict(meta["config"]))
     weights = os.path.join(directory, "model.safetensors")
     try:

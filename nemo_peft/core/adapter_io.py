@@ -51,12 +51,15 @@ def load(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
             f"save_adapters (it holds {CONFIG_NAME} and {WEIGHTS_NAME})."
         )
     config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
-    for p in (config_path, weights_path):
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"{p!r} is missing: {directory!r} is not a complete adapter checkpoint "
-                                    "written by save_adapters.")
-    with open(config_path) as f:
-        meta = json.load(f)
+    meta = read_config(directory)
+    if meta is None or not os.path.isfile(weights_path):
+        missing = config_path if meta is None else weights_path
+        raise FileNotFoundError(f"{missing!r} is missing: {directory!r} is not a complete adapter checkpoint "
+                                "written by save_adapters.")
+    if is_hf_peft_config(meta):
+        raise ValueError(f"{config_path!r} is a Hugging Face PEFT adapter (peft_type={meta['peft_type']!r}); load it "
+                         "with nemo_peft.load_adapters(model, path), which converts it, or "
+                         "nemo_peft.convert.hf_peft.load_hf_peft.")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{config_path!r} is not a nemo_peft adapter config (format={meta.get('format')!r}).")
     try:
@@ -65,6 +68,23 @@ def load(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"Cannot read {weights_path!r} ({e}); the file is damaged or truncated — "
                          "save the adapter again.") from None
     return meta["adapters"], tensors
+
+
+def read_config(directory: str) -> dict | None:
+    """The parsed adapter_config.json of ``directory``, or None when there is none."""
+    path = os.path.join(str(directory), CONFIG_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path!r} holds {type(meta).__name__}, not an adapter config object.")
+    return meta
+
+
+def is_hf_peft_config(meta: dict) -> bool:
+    """peft's adapter_config.json names a ``peft_type``; ours has ``format: nemo_peft``."""
+    return "peft_type" in meta and meta.get("format") != FORMAT
 
 
 def copy_checked(own: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor], source: str) -> None:

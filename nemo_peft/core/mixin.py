@@ -7,8 +7,6 @@ freezes everything that is not an adapter.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 from collections import defaultdict
 
@@ -16,8 +14,8 @@ import torch
 from torch import nn
 
 from nemo_peft.core import adapter_io, routing
-from nemo_peft.core.slots import AdapterSlot
-from nemo_peft.peft.base import PEFTConfig, SlotContext
+from nemo_peft.core.registry import config_from_dict
+from nemo_peft.core.slots import AdapterSlot, SlotContext
 
 
 class AdapterMixin:
@@ -37,7 +35,7 @@ class AdapterMixin:
     def adapter_names(self) -> list[str]:
         return list(getattr(self, "_adapter_configs", {}))
 
-    def adapter_configs(self, name: str) -> list[PEFTConfig]:
+    def adapter_configs(self, name: str) -> list:
         return self._adapter_configs[name]
 
     # ---- adding ----
@@ -47,7 +45,7 @@ class AdapterMixin:
         Afterwards the base is frozen, every adapter is trainable, and ``name`` is active.
         """
         cfgs = peft_cfgs if isinstance(peft_cfgs, (list, tuple)) else [peft_cfgs]
-        cfgs = [PEFTConfig.from_dict(c) if isinstance(c, dict) else c for c in cfgs]
+        cfgs = [config_from_dict(c) if isinstance(c, dict) else c for c in cfgs]
         if not cfgs:
             raise ValueError("add_adapter needs at least one PEFT config.")
         if name in self.adapter_names:
@@ -83,10 +81,19 @@ class AdapterMixin:
         """New LoRA adapter ``new_name`` whose update is exactly sum_i weights[i] * scale_i * B_i @ A_i.
 
         LoRA adapters only. Added inactive (the active set is unchanged) unless ``activate``.
-        See ``nemo_peft.peft.combine``."""
-        from nemo_peft.peft.combine import add_weighted_adapter
-
-        add_weighted_adapter(self, adapters, weights, new_name, activate=activate)
+        The first adapter's config class does the work (its ``add_weighted_adapter`` classmethod;
+        see ``nemo_peft.peft.combine``)."""
+        names = [adapters] if isinstance(adapters, str) else list(adapters)
+        unknown = [n for n in names if n not in self.adapter_names]
+        if not names or unknown:
+            raise ValueError(f"add_weighted_adapter needs existing adapter names; unknown {unknown}, "
+                             f"this model has {self.adapter_names}.")
+        combine = getattr(type(self._adapter_configs[names[0]][0]), "add_weighted_adapter", None)
+        if combine is None:
+            kinds = sorted({type(c).__name__ for c in self._adapter_configs[names[0]]})
+            raise ValueError(f"Adapter {names[0]!r} ({', '.join(kinds)}) cannot be combined; "
+                             "add_weighted_adapter works on LoRA adapters only.")
+        combine(self, names, weights, new_name, activate=activate)
 
     def freeze_base(self) -> None:
         """Only adapter parameters train; the base is frozen."""
@@ -211,18 +218,12 @@ class AdapterMixin:
         adapter_io.save(path, configs, tensors)
 
     def load_adapters(self, path: str, cfg=None, name: str | None = None) -> list[str]:
-        """Load adapters saved by ``save_adapters`` (or an HF PEFT LoRA directory); create them first if missing.
+        """Load adapters saved by ``save_adapters``; create them first if missing.
 
         ``cfg`` overrides the saved config (a config or list of configs) and
         ``name`` picks one adapter of a file with several. Returns the loaded names.
+        Hugging Face PEFT directories load with ``nemo_peft.load_adapters(model, path)``.
         """
-        if _is_hf_peft_dir(path):  # a Hugging Face PEFT adapter (peft's save_pretrained)
-            if cfg is not None:
-                raise ValueError(f"{path!r} is a Hugging Face PEFT adapter: its adapter_config.json defines the "
-                                 "adapter, so a cfg override cannot be applied; drop cfg.")
-            from nemo_peft.convert.hf_peft import load_hf_peft
-
-            return [load_hf_peft(self, path, name=name or "default")]
         configs, tensors = adapter_io.load(path)
         names = [name] if name else list(configs)
         for n in names:
@@ -254,19 +255,6 @@ class AdapterMixin:
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-
-def _is_hf_peft_dir(path) -> bool:
-    """A directory whose adapter_config.json is peft's (it names a ``peft_type``), not ours."""
-    config = os.path.join(str(path), adapter_io.CONFIG_NAME)
-    if not os.path.isfile(config):
-        return False
-    try:
-        with open(config) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        return False  # adapter_io.load reports the broken file
-    return isinstance(meta, dict) and "peft_type" in meta and meta.get("format") != adapter_io.FORMAT
 
 
 def _adapter_name_of(key: str) -> str:

@@ -7,6 +7,7 @@ by a single attribute check in the block's forward, so empty slots cost nothing.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,32 @@ class SlotSpec:
     name: str
     kind: str
     host: str | None = None
+
+
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+
+
+@dataclass
+class SlotContext:
+    """One slot of one block, as a PEFT config sees it when deciding what to build."""
+
+    path: str  # dotted path of the block, e.g. "layers.3.self_attention"
+    block: nn.Module
+    spec: SlotSpec
+
+    @property
+    def layer_number(self) -> int | None:
+        """1-based layer number (NeMo's ``layer_selection`` convention), or None."""
+        m = _LAYER_RE.search(self.path)
+        return int(m.group(1)) + 1 if m else None
+
+    @property
+    def host_path(self) -> str:
+        return f"{self.path}.{self.spec.host}" if self.spec.host else f"{self.path}.{self.spec.name}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.path, self.spec.name
 
 
 class AdapterSlot(nn.Module):

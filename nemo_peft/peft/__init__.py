@@ -1,14 +1,19 @@
-"""PEFT methods: one file each (config dataclass + adapter module). Importing this
-package registers every method with ``PEFTConfig.from_dict``."""
-from nemo_peft.peft.base import PEFTConfig
-from nemo_peft.peft.canonical import CanonicalAdaptersPEFTConfig
-from nemo_peft.peft.dora import DoraPEFTConfig
-from nemo_peft.peft.ia3 import IA3PEFTConfig
-from nemo_peft.peft.lora import LoraPEFTConfig
-from nemo_peft.peft.prefix import PrefixTuningPEFTConfig
-from nemo_peft.peft.prompt_tuning import PromptTuningPEFTConfig
-from nemo_peft.peft.ptuning import PtuningPEFTConfig
-from nemo_peft.peft.qlora import QLoraPEFTConfig  # needs torchao only when used
+"""PEFT methods: one file each (config dataclass + adapter module).
 
-__all__ = ["PEFTConfig", "CanonicalAdaptersPEFTConfig", "DoraPEFTConfig", "IA3PEFTConfig", "LoraPEFTConfig",
-           "PrefixTuningPEFTConfig", "PromptTuningPEFTConfig", "PtuningPEFTConfig", "QLoraPEFTConfig"]
+Importing this package imports every module in it, so each method file registers itself
+(``@register``), and exports every registered config class: a new method file needs no edit here.
+"""
+import importlib
+import pkgutil
+
+from nemo_peft.core.registry import METHODS
+from nemo_peft.peft.base import PEFTConfig
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")
+
+from nemo_peft.peft.bottleneck import CanonicalAdaptersPEFTConfig  # noqa: E402  (NeMo's name, an alias)
+
+_CONFIGS = {cls.__name__: cls for cls in METHODS.values() if cls.__module__.startswith(f"{__name__}.")}
+globals().update(_CONFIGS)
+__all__ = ["PEFTConfig", "CanonicalAdaptersPEFTConfig", *sorted(_CONFIGS)]

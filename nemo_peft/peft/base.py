@@ -1,4 +1,4 @@
-"""PEFTConfig: the base of every method's config, and the registry of methods.
+"""PEFTConfig: the base of every method's config, and ``register``, which makes a method usable.
 
 A config is a dataclass. ``build_adapters`` gets every slot of the model at once
 (as ``SlotContext``s) and returns the adapters to put in the slots it fills, so a
@@ -6,53 +6,31 @@ method can check its targets against the whole model and fail with one clear err
 """
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 from torch import nn
 
-from nemo_peft.core.slots import SlotSpec
-
-PEFT_METHODS: dict[str, type["PEFTConfig"]] = {}
-
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+from nemo_peft.core.registry import METHODS as PEFT_METHODS  # noqa: F401  (re-exported)
+from nemo_peft.core.registry import config_from_dict, register_method
+from nemo_peft.core.slots import SlotContext
 
 
-@dataclass
-class SlotContext:
-    """One slot of one block, as a config sees it when deciding what to build."""
-
-    path: str  # dotted path of the block, e.g. "layers.3.self_attention"
-    block: nn.Module
-    spec: SlotSpec
-
-    @property
-    def layer_number(self) -> int | None:
-        """1-based layer number (NeMo's ``layer_selection`` convention), or None."""
-        m = _LAYER_RE.search(self.path)
-        return int(m.group(1)) + 1 if m else None
-
-    @property
-    def host_path(self) -> str:
-        return f"{self.path}.{self.spec.host}" if self.spec.host else f"{self.path}.{self.spec.name}"
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.path, self.spec.name
-
-
-def register(name: str):
+def register(method: str, section: str | None = None):
+    """Class decorator: ``method`` is the scheme name (``model.peft.peft_scheme``, and what saved
+    adapters record); ``section`` is the ``model.peft`` key holding its options (default: ``method``).
+    Registering is all it takes for ``PEFTConfig.from_dict``, ``configs_from_peft_section`` and
+    Hydra (given a ``conf/peft/<method>.yaml``) to know the method."""
     def deco(cls):
-        cls.method = name
-        PEFT_METHODS[name] = cls
-        return cls
+        cls.method, cls.section = method, section or method
+        return register_method(cls)
     return deco
 
 
 @dataclass
 class PEFTConfig:
     method: ClassVar[str] = "base"
+    section: ClassVar[str] = ""
 
     def build_adapters(self, slots: list[SlotContext]) -> dict[tuple[str, str], nn.Module]:
         """Map (block path, slot name) -> a new adapter module for the slots this method fills."""
@@ -68,11 +46,13 @@ class PEFTConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "PEFTConfig":
-        d = dict(d)
-        method = d.pop("method", None)
-        if method not in PEFT_METHODS:
-            raise ValueError(f"Unknown PEFT method {method!r}; known methods: {sorted(PEFT_METHODS)}.")
-        return PEFT_METHODS[method].from_kwargs(d)
+        return config_from_dict(d)
+
+    @classmethod
+    def from_section(cls, options: dict, tokenizer=None) -> "PEFTConfig":
+        """Build from the method's ``model.peft`` section. The recipes pass their tokenizer, for
+        methods whose options need one (prompt tuning's ``init_text``); override to use it."""
+        return cls.from_kwargs(options)
 
     @classmethod
     def from_kwargs(cls, d: dict) -> "PEFTConfig":

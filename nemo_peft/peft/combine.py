@@ -16,6 +16,9 @@ one slice per covered named part, which represents both exactly.
 The new adapter's ``LoraPEFTConfig``s reproduce this structure precisely (fused
 hosts by escaped module-path regexes, per-part hosts by HF part names plus
 ``layer_selection``), so ``save_adapters``/``load_adapters`` round-trip it.
+
+The entry point is ``LoraPEFTConfig.add_weighted_adapter``, which passes its class in:
+this module does not import ``lora.py`` (which imports it), so there is no import cycle.
 """
 from __future__ import annotations
 
@@ -26,21 +29,21 @@ import torch
 
 from nemo_peft.core.slots import host_parts
 from nemo_peft.peft.base import SlotContext
-from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
 
 # named part of a fused host -> the HF target name that selects exactly that part
 PART_TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "gate": "gate_proj", "up": "up_proj"}
 
 
-def add_weighted_adapter(model, adapters, weights, new_name: str, activate: bool = False) -> None:
+def add_weighted_adapter(lora_config: type, model, adapters, weights, new_name: str, activate: bool = False) -> None:
     """Add LoRA adapter ``new_name`` = sum_i weights[i] * adapters[i] (see the module docstring).
 
-    The source adapters are left untouched. The new adapter is added inactive unless
-    ``activate`` (then it joins the active ones); the active set is otherwise unchanged.
+    ``lora_config`` is ``LoraPEFTConfig``: the sources must be its ``adapter_class`` and the new
+    adapter is made from its configs. The source adapters are left untouched. The new adapter is
+    added inactive unless ``activate`` (then it joins the active ones); the active set is otherwise unchanged.
     """
-    adapters, weights = _validate(model, adapters, weights, new_name)
+    adapters, weights = _validate(model, adapters, weights, new_name, lora_config.adapter_class)
     plan = _plan(model, adapters, weights)
-    cfgs = _configs(plan)
+    cfgs = _configs(plan, lora_config)
     previously_active = model.active_adapters
     model.add_adapter(cfgs, name=new_name)
     try:
@@ -51,7 +54,7 @@ def add_weighted_adapter(model, adapters, weights, new_name: str, activate: bool
     model.set_active_adapters(previously_active + ([new_name] if activate else []))
 
 
-def _validate(model, adapters, weights, new_name):
+def _validate(model, adapters, weights, new_name, lora_adapter: type):
     adapters = [adapters] if isinstance(adapters, str) else list(adapters)
     weights = [float(w) for w in ([weights] if isinstance(weights, (int, float)) else weights)]
     if not adapters:
@@ -68,9 +71,13 @@ def _validate(model, adapters, weights, new_name):
                             else "an adapter of that name exists; pick another name or delete it first."))
     for path, slot in model.adapter_slots_by_path().items():
         for n in adapters:
-            if n in slot.adapters and not isinstance(slot.adapters[n], LoraAdapter):
+            if n in slot.adapters and not isinstance(slot.adapters[n], lora_adapter):
                 raise ValueError(f"Adapter {n!r} is not a LoRA adapter ({type(slot.adapters[n]).__name__} at "
                                  f"{path}); add_weighted_adapter combines LoRA adapters only.")
+            if n in slot.adapters and hasattr(slot.adapters[n], "magnitude"):  # DoRA subclasses LoRA
+                raise ValueError(f"Adapter {n!r} is DoRA ({type(slot.adapters[n]).__name__} at {path}): its "
+                                 "magnitudes rescale W + s·B·A row-wise, so it is no sum of B·A terms; "
+                                 "add_weighted_adapter combines plain LoRA (or QLoRA) adapters only.")
     return adapters, weights
 
 
@@ -103,7 +110,7 @@ def _plan(model, adapters, weights) -> list[dict]:
     return plan
 
 
-def _configs(plan) -> list[LoraPEFTConfig]:
+def _configs(plan, lora_config: type) -> list:
     """One config per (host, parts, rank) group: exactly the slots of the plan, nothing else."""
     groups = defaultdict(list)
     for item in plan:
@@ -112,14 +119,14 @@ def _configs(plan) -> list[LoraPEFTConfig]:
     for (_, parts, dim), ctxs in groups.items():
         common = dict(dim=dim, alpha=float(dim), dropout=0.0)  # scale alpha/dim = 1
         if not parts:  # the whole host: name each host by its exact module path
-            cfgs.append(LoraPEFTConfig(target_modules=[re.escape(c.host_path) for c in ctxs], **common))
+            cfgs.append(lora_config(target_modules=[re.escape(c.host_path) for c in ctxs], **common))
             continue
         layers = sorted({c.layer_number for c in ctxs})
         if None in layers:
             raise ValueError(f"Cannot describe per-part LoRA at {ctxs[0].host_path} (not inside a numbered layer) "
                              "with a LoRA config.")
-        cfgs.append(LoraPEFTConfig(target_modules=[PART_TARGETS[p] for p in parts], layer_selection=layers,
-                                   **common))
+        cfgs.append(lora_config(target_modules=[PART_TARGETS[p] for p in parts], layer_selection=layers,
+                                **common))
     return cfgs
 
 
@@ -135,31 +142,26 @@ def _fill(model, new_name, plan) -> None:
         if new.out_slices != item["slices"] or new.dim != item["dim"] or new.scale != 1.0:
             raise RuntimeError(f"Internal error: combined adapter at {item['path']} has slices {new.out_slices}, "
                                f"rank {new.dim}; expected {item['slices']}, rank {item['dim']}.")
-        a_parts, b_parts = [], []
-        for start, size in item["slices"]:
+        for p, (start, size) in enumerate(item["slices"]):
             a_blocks, b_blocks = [], []
             for w, ad in item["sources"]:
                 a, b = _part(ad, start, size, item["path"])
                 a_blocks.append(a.float())
                 b_blocks.append(b.float() * (w * ad.scale))
-            a_parts.append(torch.cat(a_blocks, dim=0))
-            b_parts.append(torch.cat(b_blocks, dim=1))
-        new.lora_a.copy_(torch.cat(a_parts, dim=0).to(new.lora_a.dtype))
-        new.lora_b.copy_(torch.cat(b_parts, dim=0).to(new.lora_b.dtype))
+            new.write_part(p, torch.cat(a_blocks, dim=0), torch.cat(b_blocks, dim=1))  # fp32, rounded once
 
 
-def _part(ad: LoraAdapter, start: int, size: int, path: str):
-    """(A [r, in], B [size, r]) of ``ad`` restricted to output rows start..start+size (zeros if uncovered)."""
-    b_offset = 0
-    for j, (s0, n0) in enumerate(ad.out_slices):
-        if s0 <= start and start + size <= s0 + n0:
-            a = ad.lora_a[j * ad.dim:(j + 1) * ad.dim]
-            return a, ad.lora_b[b_offset + start - s0:b_offset + start - s0 + size]
-        if _overlap((s0, n0), (start, size)):
-            raise ValueError(f"Cannot combine the LoRA adapters at {path}: slice {(s0, n0)} of one adapter "
-                             f"partly overlaps output part {(start, size)}.")
-        b_offset += n0
-    return ad.lora_a.new_zeros(ad.dim, ad.lora_a.shape[1]), ad.lora_b.new_zeros(size, ad.dim)
+def _part(ad, start: int, size: int, path: str):
+    """(A [r, in], B [size, r]) of LoRA adapter ``ad`` restricted to output rows start..start+size
+    (zeros if uncovered)."""
+    for part in ad.parts():
+        if part.start <= start and start + size <= part.start + part.size:
+            return part.a, part.b[start - part.start:start - part.start + size]
+        if _overlap((part.start, part.size), (start, size)):
+            raise ValueError(f"Cannot combine the LoRA adapters at {path}: slice {(part.start, part.size)} of "
+                             f"one adapter partly overlaps output part {(start, size)}.")
+    a, b = ad.part_weights(0)
+    return a.new_zeros(a.shape), b.new_zeros(size, ad.dim)
 
 
 def _overlap(a, b) -> bool:

@@ -128,7 +128,7 @@ class DoraAdapter(LoraAdapter):
         return super().extra_repr() + f", dora(host={self.host_name})"
 
 
-@register("dora")
+@register("dora", section="dora_tuning")
 @dataclass
 class DoraPEFTConfig(LoraPEFTConfig):
     """DoRA: LoRA's options (targets, dim, alpha, dropout, rank/alpha patterns, ...) plus a

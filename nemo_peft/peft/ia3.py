@@ -47,7 +47,7 @@ class IA3Scaler(nn.Module):
             b.copy_((b.float() * s).to(b.dtype))
 
 
-@register("ia3")
+@register("ia3", section="ia3_tuning")
 @dataclass
 class IA3PEFTConfig(PEFTConfig):
     target_modules: list[str] = field(default_factory=lambda: ["key", "value", "mlp"])

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.core.slots import host_parts
+from nemo_peft.peft import combine
 from nemo_peft.peft.base import PEFTConfig, SlotContext, register
 from nemo_peft.peft.targets import known_names_message, select_parts
 
@@ -35,8 +37,21 @@ def init_tensor(t: torch.Tensor, method: str) -> None:
         raise ValueError(f"Unknown init method {method!r}; choose one of {INIT_METHODS}.")
 
 
+class LoraPart(NamedTuple):
+    """Part p of a LoRA adapter: host output rows start..start+size, and views of its weights."""
+
+    index: int
+    start: int
+    size: int
+    a: torch.Tensor  # A_p [dim, in]
+    b: torch.Tensor  # B_p [size, dim]
+
+
 class LoraAdapter(nn.Module):
-    """Adds scale * B_p · A_p · x to each chosen slice of the host's output."""
+    """Adds scale * B_p · A_p · x to each chosen slice of the host's output.
+
+    Only this class knows how the parts sit in the stacked ``lora_a``/``lora_b``; everything
+    else reads them with ``parts()``/``part_weights(p)`` and writes them with ``write_part``."""
 
     def __init__(self, in_features: int, out_slices: list[tuple[int, int]], dim: int, alpha: float,
                  dropout: float = 0.0, dropout_position: str = "pre",
@@ -78,27 +93,48 @@ class LoraAdapter(nn.Module):
 
     def _build_expanded_b(self, out_features: int) -> torch.Tensor:
         b = self.lora_b.new_zeros(out_features, len(self.out_slices) * self.dim)
-        for p, start, size, _, b_p in self._parts():  # rows of parts this adapter skips stay zero
-            b[start:start + size, p * self.dim:(p + 1) * self.dim] = b_p
+        for p, start, size, _, b_p in self.parts():  # rows of parts this adapter skips stay zero
+            b[start:start + size, self.rank_slice(p)] = b_p
         return b
 
-    def _parts(self):
-        """(p, start, size, A_p, B_p) for every covered part (views into lora_a / lora_b)."""
-        b_offset = 0
-        for p, (start, size) in enumerate(self.out_slices):
-            yield p, start, size, self.lora_a[p * self.dim:(p + 1) * self.dim], self.lora_b[b_offset:b_offset + size]
-            b_offset += size
+    def rank_slice(self, p: int) -> slice:
+        """Part p's rows of ``lora_a``, i.e. its columns of the stacked hidden A·x."""
+        return slice(p * self.dim, (p + 1) * self.dim)
+
+    def part_weights(self, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_p [dim, in], B_p [size_p, dim]): views into ``lora_a``/``lora_b`` (autograd flows through)."""
+        b_start = sum(size for _, size in self.out_slices[:p])
+        return self.lora_a[self.rank_slice(p)], self.lora_b[b_start:b_start + self.out_slices[p][1]]
+
+    def parts(self) -> list[LoraPart]:
+        """Every covered part, in the host's row order."""
+        return [LoraPart(p, start, size, *self.part_weights(p)) for p, (start, size) in enumerate(self.out_slices)]
+
+    @torch.no_grad()
+    def write_part(self, p: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Set part p to A [r, in], B [size_p, r] (any float dtype and device; cast on copy).
+
+        A rank r < dim is zero-padded: the extra rank-1 terms are 0, so B·A is unchanged."""
+        a_p, b_p = self.part_weights(p)
+        r = a.shape[0]
+        if r > self.dim or a.shape[1:] != a_p.shape[1:] or tuple(b.shape) != (b_p.shape[0], r):
+            raise ValueError(f"Part {p} of this LoRA adapter takes A [r <= {self.dim}, {a_p.shape[1]}] and "
+                             f"B [{b_p.shape[0]}, r]; got A {tuple(a.shape)} and B {tuple(b.shape)}.")
+        a_p[:r].copy_(a)
+        a_p[r:].zero_()
+        b_p[:, :r].copy_(b)
+        b_p[:, r:].zero_()
 
     def delta_weight(self) -> list[tuple[int, int, torch.Tensor]]:
         """(start, size, scale * B_p @ A_p) per part, in fp32 — for merging only."""
-        return [(start, size, (b.float() @ a.float()) * self.scale) for _, start, size, a, b in self._parts()]
+        return [(start, size, (b.float() @ a.float()) * self.scale) for _, start, size, a, b in self.parts()]
 
     @torch.no_grad()
     def merge(self, host: nn.Linear, sign: float = 1.0) -> None:
         """Fold the update into ``host.weight`` (sign=-1 takes it out again)."""
         check_mergeable(host)
         if host.weight.dtype == torch.float32:  # one in-place rows += sign * scale * B_p @ A_p per part
-            for _, start, size, a, b in self._parts():
+            for _, start, size, a, b in self.parts():
                 host.weight[start:start + size].addmm_(b.to(host.weight), a.to(host.weight), alpha=sign * self.scale)
             return
         for start, size, delta in self.delta_weight():  # low precision: add in fp32, round once
@@ -123,7 +159,7 @@ def check_mergeable(host: nn.Module) -> None:
             "base model without quantization, add the adapter (load_adapters) and merge there.")
 
 
-@register("lora")
+@register("lora", section="lora_tuning")
 @dataclass
 class LoraPEFTConfig(PEFTConfig):
     """LoRA in NeMo 2.0's terms (NeMo 1.x aliases accepted in configs)."""
@@ -146,6 +182,7 @@ class LoraPEFTConfig(PEFTConfig):
     rank_pattern: dict[str, int] | None = None
     alpha_pattern: dict[str, float] | None = None
 
+    adapter_class: ClassVar[type[LoraAdapter]] = LoraAdapter  # what ``make_adapter`` builds (QLoRA: its own)
     aliases = {
         "adapter_dim": "dim",
         "adapter_dropout": "dropout",
@@ -172,12 +209,19 @@ class LoraPEFTConfig(PEFTConfig):
         self.alpha_pattern = _check_pattern("alpha_pattern", self.alpha_pattern, float)
 
     def make_adapter(self, ctx: SlotContext, slices: list[tuple[int, int]], dim: int, alpha: float) -> nn.Module:
-        """The adapter for one host (subclasses build their own kind: DoRA, QLoRA)."""
+        """The adapter for one host: an ``adapter_class`` (DoRA, which needs the block too, overrides this)."""
         host = getattr(ctx.block, ctx.spec.host)
-        return LoraAdapter(
+        return self.adapter_class(
             host.in_features, slices, dim, alpha, self.dropout, self.dropout_position,
             self.lora_A_init_method, self.lora_B_init_method, self.use_rslora,
         )
+
+    @staticmethod
+    def add_weighted_adapter(model, adapters, weights, new_name: str, activate: bool = False) -> None:
+        """Add LoRA adapter ``new_name`` = sum_i weights[i] * adapters[i], exactly (``AdapterMixin``
+        calls this on the first adapter's config class; see ``nemo_peft.peft.combine``). The result
+        is plain LoRA whatever subclass (QLoRA) the sources were made with."""
+        combine.add_weighted_adapter(LoraPEFTConfig, model, adapters, weights, new_name, activate=activate)
 
     def build_adapters(self, slots: list[SlotContext]):
         built, matched = {}, set()

@@ -47,7 +47,7 @@ class PrefixKV(nn.Module):
         return f"num_virtual_tokens={n}, kv_heads={kv_heads}, head_dim={head_dim}, projection={self.projection}"
 
 
-@register("prefix_tuning")
+@register("prefix_tuning", section="prefix_tuning")
 @dataclass
 class PrefixTuningPEFTConfig(PEFTConfig):
     num_virtual_tokens: int = 10

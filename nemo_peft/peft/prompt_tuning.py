@@ -10,7 +10,7 @@ Initialisation (``init``):
 - ``"text"``: the embeddings of the tokens of ``init_text``, repeated / cut to
   ``virtual_tokens``. The model has no tokenizer, so the config needs the token ids in
   ``init_token_ids``: the recipes fill them by tokenizing ``init_text``
-  (``nemo_peft.peft.schemes.configs_from_peft_section``); in code, pass
+  (``PromptTuningPEFTConfig.from_section``); in code, pass
   ``init_token_ids=tokenizer.encode(text)``. The ids are saved with the config, so
   loading the adapter later needs no tokenizer.
 """
@@ -42,7 +42,7 @@ class SoftPrompt(nn.Module):
         return f"virtual_tokens={self.weight.shape[0]}, hidden={self.weight.shape[1]}"
 
 
-@register("prompt_tuning")
+@register("prompt_tuning", section="prompt_tuning")
 @dataclass
 class PromptTuningPEFTConfig(PEFTConfig):
     virtual_tokens: int = 10
@@ -70,6 +70,14 @@ class PromptTuningPEFTConfig(PEFTConfig):
             raise ValueError(f"Prompt tuning init_std must be positive, got {self.init_std}.")
         if self.init_token_ids is not None:
             self.init_token_ids = [int(i) for i in self.init_token_ids]
+
+    @classmethod
+    def from_section(cls, options: dict, tokenizer=None) -> "PromptTuningPEFTConfig":
+        """The recipes' path: tokenize ``init_text`` into ``init_token_ids`` unless the ids are given."""
+        options = dict(options)
+        if options.get("init_text") and tokenizer is not None and not options.get("init_token_ids"):
+            options["init_token_ids"] = tokenizer.encode(options["init_text"])
+        return cls.from_kwargs(options)
 
     def initial_prompt(self, word_embeddings: torch.Tensor) -> torch.Tensor:
         """The starting [virtual_tokens, hidden] prompt, from the model's [vocab, hidden] embeddings."""

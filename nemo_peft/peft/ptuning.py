@@ -130,7 +130,7 @@ class PromptEncoder(nn.Module):
             ", frozen to table" if self.frozen else "")
 
 
-@register("ptuning")
+@register("ptuning", section="p_tuning")
 @dataclass
 class PtuningPEFTConfig(PEFTConfig):
     """NeMo's ``p_tuning`` options."""

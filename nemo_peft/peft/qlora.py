@@ -209,7 +209,7 @@ class QLoraAdapter(LoraAdapter):
                              "Load the adapter into a full-precision base model and merge there.")
 
 
-@register("qlora")
+@register("qlora", section="qlora_tuning")
 @dataclass
 class QLoraPEFTConfig(LoraPEFTConfig):
     """LoRA's options plus the 4-bit storage of the base linears (see the module docstring)."""

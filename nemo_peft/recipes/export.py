@@ -1,8 +1,7 @@
 """The adapter export recipe behind ``examples/export.py``: our adapters <-> Hugging Face PEFT directories."""
 from __future__ import annotations
 
-from nemo_peft.convert.auto import load_pretrained
-from nemo_peft.convert.hf_peft import load_hf_peft, save_hf_peft
+from nemo_peft.families import load_adapters, load_hf_peft, load_pretrained, save_hf_peft
 
 
 def to_hf_peft(base: str | None, adapter_dir: str, output_dir: str, base_model_name: str | None = None,
@@ -11,7 +10,7 @@ def to_hf_peft(base: str | None, adapter_dir: str, output_dir: str, base_model_n
     ``name`` as an HF PEFT directory. ``base_model_name`` goes into ``base_model_name_or_path``
     (default: ``base`` itself). Returns the adapter_config written."""
     model, _ = load_pretrained(base)
-    names = model.load_adapters(adapter_dir, name=name)
+    names = load_adapters(model, adapter_dir, name=name)
     if len(names) > 1:
         raise ValueError(f"{adapter_dir!r} holds adapters {names}; pick one with --name.")
     config = save_hf_peft(model, output_dir, base_model_name or str(base or "default"), name=names[0],

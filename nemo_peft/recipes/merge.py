@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import time
 
-from nemo_peft.convert.auto import load_pretrained
-from nemo_peft.convert.hf import save_hf
-from nemo_peft.convert.hf_t5 import save_hf_t5
-from nemo_peft.convert.native import save_model
-from nemo_peft.models.t5 import T5Model
+from nemo_peft.families import load_adapters, load_pretrained, save_hf, save_model
 
 
 def merge_to_checkpoint(base: str | None, adapter_dir: str, output_dir: str, fmt: str = "hf",
@@ -18,12 +14,12 @@ def merge_to_checkpoint(base: str | None, adapter_dir: str, output_dir: str, fmt
     if fmt not in ("hf", "native"):
         raise ValueError(f"format={fmt!r}; use 'hf' or 'native'.")
     model, tokenizer = load_pretrained(base)
-    model.load_adapters(adapter_dir)
+    load_adapters(model, adapter_dir)
     start = time.perf_counter()
     model.merge_adapters()
     seconds = time.perf_counter() - start
-    if fmt == "hf":  # T5ForConditionalGeneration or a causal-LM family
-        (save_hf_t5 if isinstance(model, T5Model) else save_hf)(model, output_dir, tokenizer, model_type=model_type)
+    if fmt == "hf":
+        save_hf(model, output_dir, tokenizer, model_type=model_type)
     else:
         save_model(model, output_dir, tokenizer)
     print(f"merged {model.merged_adapters} in {seconds:.3f}s; wrote {fmt} checkpoint to {output_dir}")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nemo_peft.convert.auto import load_pretrained
-from nemo_peft.convert.hf import load_hf, save_hf
-from nemo_peft.convert.hf_config import hf_to_config
+from nemo_peft.convert.hf_gpt import load_hf, save_hf
+from nemo_peft.convert.hf_gpt_config import hf_to_config
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.models.gpt import GPTModel
 from tests.conftest import make_model

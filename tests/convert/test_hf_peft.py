@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nemo_peft.convert.hf import load_hf
+from nemo_peft.convert.hf_gpt import load_hf
 from nemo_peft.convert.hf_peft import load_hf_peft, save_hf_peft
 from nemo_peft.peft.lora import LoraPEFTConfig
 

@@ -306,8 +306,8 @@ def test_load_in_bf16(tmp_path):
 
 @pytest.mark.parametrize("case", ["t5_relu_tied", "t5v1_1_gated_gelu_untied"])
 def test_greedy_generation_matches_transformers(tmp_path, case):
-    from nemo_peft.generation import SamplingParams
-    from nemo_peft.t5_generation import generate_seq2seq
+    from nemo_peft.models.generation import SamplingParams
+    from nemo_peft.models.seq2seq_generation import generate_seq2seq
 
     hf_model, path = _hf_checkpoint(tmp_path, case)
     ours, _ = load_hf_t5(path)

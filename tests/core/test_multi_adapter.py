@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from nemo_peft.generation import SamplingParams, generate
-from nemo_peft.peft.canonical import CanonicalAdaptersPEFTConfig
+from nemo_peft.models.generation import SamplingParams, generate
+from nemo_peft.peft.bottleneck import CanonicalAdaptersPEFTConfig
 from nemo_peft.peft.ia3 import IA3PEFTConfig
 from nemo_peft.peft.lora import LoraPEFTConfig
 from tests.conftest import make_model

@@ -11,13 +11,13 @@ from torch import nn
 
 from nemo_peft.data.seq2seq_dataset import IGNORE_INDEX, Seq2SeqDataModule, Seq2SeqDataset, collate_seq2seq
 from nemo_peft.data.tokenizer import Tokenizer
-from nemo_peft.generation import SamplingParams
-from nemo_peft.models.lightning_t5 import T5SFTModel
+from nemo_peft.models.generation import SamplingParams
+from nemo_peft.models.t5_sft import T5SFTModel
 from nemo_peft.models.t5 import T5Config, T5Model
-from nemo_peft.peft.canonical import CanonicalAdaptersPEFTConfig
+from nemo_peft.peft.bottleneck import CanonicalAdaptersPEFTConfig
 from nemo_peft.peft.ia3 import IA3PEFTConfig
 from nemo_peft.peft.lora import LoraPEFTConfig
-from nemo_peft.t5_generation import generate_seq2seq
+from nemo_peft.models.seq2seq_generation import generate_seq2seq
 
 TINY = dict(vocab_size=259, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
             relative_attention_num_buckets=8, relative_attention_max_distance=16,

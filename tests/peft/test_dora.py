@@ -193,7 +193,7 @@ def _peft_pair(tmp_path, hf_config, targets, ours_targets, seed=0):
     """A tiny transformers model with a random peft DoRA adapter and our model loaded from its checkpoint."""
     T = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    from nemo_peft.convert.hf import load_hf
+    from nemo_peft.convert.hf_gpt import load_hf
 
     torch.manual_seed(seed)
     hf = T.AutoModelForCausalLM.from_config(hf_config).eval()

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from nemo_peft.core.adapter_io import WEIGHTS_NAME
-from nemo_peft.generation import SamplingParams, generate
-from nemo_peft.models.lightning import GPTSFTModel
+from nemo_peft.models.generation import SamplingParams, generate
+from nemo_peft.models.gpt_sft import GPTSFTModel
 from nemo_peft.peft.base import PEFTConfig
 from nemo_peft.peft.prefix import PrefixTuningPEFTConfig
 from nemo_peft.peft.prompt_tuning import PromptTuningPEFTConfig

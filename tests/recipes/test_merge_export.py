@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nemo_peft.convert.hf import save_hf
+from nemo_peft.convert.hf_gpt import save_hf
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.peft.lora import LoraPEFTConfig
 from nemo_peft.recipes.merge import merge_to_checkpoint

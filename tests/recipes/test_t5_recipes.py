@@ -5,7 +5,7 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from nemo_peft.models.lightning_t5 import T5SFTModel
+from nemo_peft.models.t5_sft import T5SFTModel
 from nemo_peft.models.t5 import T5Model
 from nemo_peft.recipes.build import build_data, build_model
 from tests.recipes.test_hydra_e2e import predict, run_example

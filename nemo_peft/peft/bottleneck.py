@@ -1,7 +1,10 @@
-"""Canonical (Houlsby) adapters: a residual bottleneck after attention and after the MLP.
+"""Bottleneck (Houlsby) adapters: a residual bottleneck after attention and after the MLP.
 
 h -> h + dropout(W_out · act(W_in · norm(h))); ``W_out`` starts at zero (NeMo's
 ``row_init_method: zero``), so the model is unchanged at initialisation.
+
+NeMo calls these "canonical adapters": scheme ``adapter``, section ``adapter_tuning``,
+config ``CanonicalAdaptersPEFTConfig`` (kept as an alias). Saved adapters record ``adapter``.
 """
 from __future__ import annotations
 
@@ -47,9 +50,9 @@ class BottleneckAdapter(nn.Module):
         return h + y
 
 
-@register("adapter")
+@register("adapter", section="adapter_tuning")
 @dataclass
-class CanonicalAdaptersPEFTConfig(PEFTConfig):
+class BottleneckAdapterPEFTConfig(PEFTConfig):
     """NeMo's ``adapter_tuning`` options."""
 
     adapter_dim: int = 32
@@ -74,7 +77,7 @@ class CanonicalAdaptersPEFTConfig(PEFTConfig):
             self.target_modules = [self.target_modules]
         unknown = [t for t in self.target_modules if t not in SLOTS]
         if unknown or self.adapter_dim <= 0:
-            raise ValueError(f"Bad canonical adapter config: target_modules {unknown} (valid: {sorted(SLOTS)}), "
+            raise ValueError(f"Bad bottleneck adapter config: target_modules {unknown} (valid: {sorted(SLOTS)}), "
                              f"adapter_dim={self.adapter_dim} (must be > 0).")
 
     def build_adapters(self, slots: list[SlotContext]):
@@ -87,6 +90,9 @@ class CanonicalAdaptersPEFTConfig(PEFTConfig):
                                                    NORM_TYPES[self.norm_type], self.adapter_dropout,
                                                    self.column_init_method, self.row_init_method)
         if not built:
-            raise ValueError(f"Canonical adapters found no slot (layer_selection={self.layer_selection}, "
+            raise ValueError(f"Bottleneck adapters found no slot (layer_selection={self.layer_selection}, "
                              "1-based layer numbers).")
         return built
+
+
+CanonicalAdaptersPEFTConfig = BottleneckAdapterPEFTConfig  # NeMo's name

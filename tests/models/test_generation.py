@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nemo_peft.generation import SamplingParams, generate
+from nemo_peft.models.generation import SamplingParams, generate
 from tests.conftest import make_model
 
 

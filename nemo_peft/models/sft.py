@@ -1,4 +1,7 @@
-"""GPTSFTModel: the Lightning wrapper that fine-tunes, evaluates and generates."""
+"""SFTModule: what every family's Lightning module shares — adapters, the answer-only
+training step, validation/test loss and exact match, prediction rows, the optimizer and
+adapter-only checkpoints. A family's module (``gpt_sft.py``, ``t5_sft.py``) adds only how
+its model reads a batch and how it generates."""
 from __future__ import annotations
 
 import math
@@ -7,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 import lightning as L
 import torch
 
-from nemo_peft.generation import SamplingParams, generate
+from nemo_peft.models.generation import SamplingParams
 
 
 @dataclass
@@ -47,8 +50,10 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     return floor + (1 - floor) * decay
 
 
-class GPTSFTModel(L.LightningModule):
-    """Answer-only SFT on a ``GPTModel``; validation loss and exact match; generation."""
+class SFTModule(L.LightningModule):
+    """Subclasses give ``hidden_and_targets(batch)``, ``generate_ids(batch)`` and ``prompt_ids(batch, i)``."""
+
+    no_targets_hint = "check label_key and the length limits"
 
     def __init__(self, model, tokenizer=None, optim: dict | None = None, generation: dict | None = None,
                  eval_exact_match: bool = True):
@@ -71,17 +76,20 @@ class GPTSFTModel(L.LightningModule):
     def save_adapters(self, path, name=None):
         return self.model.save_adapters(path, name)
 
-    def forward(self, input_ids, **kw):
-        return self.model(input_ids, **kw)
+    def forward(self, *args, **kw):
+        return self.model(*args, **kw)
 
     # ---- loss ----
+    def hidden_and_targets(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden states [B, T, H], boolean mask [B, T] of the positions that are trained on)."""
+        raise NotImplementedError
+
     def loss(self, batch) -> torch.Tensor:
         """Mean cross-entropy over answer tokens only. The LM head runs only on those
         positions, which saves most of its cost on prompt-heavy data."""
-        hidden = self.model(batch["input_ids"], return_hidden=True)
-        keep = batch["loss_mask"] > 0
+        hidden, keep = self.hidden_and_targets(batch)
         if not bool(keep.any()):
-            raise ValueError("A batch has no answer tokens to train on; check label_key and max_seq_length.")
+            raise ValueError(f"A batch has no answer tokens to train on; {self.no_targets_hint}.")
         return self.model.lm_loss(hidden[keep], batch["labels"][keep])
 
     def on_train_start(self):
@@ -120,21 +128,27 @@ class GPTSFTModel(L.LightningModule):
         self._eval_epoch_end("test")
 
     # ---- generation ----
+    @property
+    def eos_id(self) -> int | None:
+        tok_eos = self.tokenizer.eos_id if self.tokenizer is not None else None
+        return tok_eos if tok_eos is not None else self.model.config.eos_token_id
+
+    def generate_ids(self, batch) -> list[list[int]]:
+        raise NotImplementedError
+
+    def prompt_ids(self, batch, i: int) -> torch.Tensor:
+        """Row ``i``'s prompt tokens, padding removed."""
+        raise NotImplementedError
+
     def generate_texts(self, batch) -> list[str]:
         if self.tokenizer is None:
-            raise ValueError("Generation needs a tokenizer; build GPTSFTModel with tokenizer=...")
-        rows = generate(self.model, batch["context_ids"], batch["context_mask"], self.sampling,
-                        eos_id=self.tokenizer.eos_id)
-        return [self.tokenizer.decode(r) for r in rows]
+            raise ValueError(f"Generation needs a tokenizer; build {type(self).__name__} with tokenizer=...")
+        return [self.tokenizer.decode(r) for r in self.generate_ids(batch)]
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         preds = self.generate_texts(batch)
-        out = []
-        for i, pred in enumerate(preds):
-            ids = batch["context_ids"][i][batch["context_mask"][i].bool()].tolist()
-            out.append({"input": self.tokenizer.decode(ids), "prediction": pred.strip(),
-                        "label": batch["answers"][i]})
-        return out
+        return [{"input": self.tokenizer.decode(self.prompt_ids(batch, i).tolist()), "prediction": pred.strip(),
+                 "label": batch["answers"][i]} for i, pred in enumerate(preds)]
 
     # ---- optimization ----
     def configure_optimizers(self):

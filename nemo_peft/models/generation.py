@@ -24,7 +24,7 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
-def _pick(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
+def pick_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
     if params.greedy:
         return logits.argmax(dim=-1)
     logits = logits.float() / params.temperature
@@ -66,7 +66,7 @@ def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None
     done = torch.zeros(b, dtype=torch.bool, device=device)
     steps = 0
     for step in range(params.max_new_tokens):
-        tok = _pick(logits, params, gen)
+        tok = pick_token(logits, params, gen)
         if eos_id is not None:
             tok = torch.where(done, torch.full_like(tok, eos_id), tok)
             done |= tok == eos_id
@@ -80,9 +80,12 @@ def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None
                        kv_cache=cache, return_hidden=True)
         logits = model.logits(hidden[:, -1])
         next_pos = next_pos + 1
-    rows = []
-    for row in out[:, :steps].tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[:row.index(eos_id)]
-        rows.append(row)
-    return rows
+    return cut_at_eos(out[:, :steps], eos_id)
+
+
+def cut_at_eos(tokens: torch.Tensor, eos_id: int | None) -> list[list[int]]:
+    """Each row of generated ``tokens`` up to (not including) its first EOS."""
+    rows = tokens.tolist()
+    if eos_id is None:
+        return rows
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]

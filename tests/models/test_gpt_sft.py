@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from nemo_peft.data.tokenizer import Tokenizer
-from nemo_peft.models.lightning import GPTSFTModel, OptimConfig, lr_factor
+from nemo_peft.models.gpt_sft import GPTSFTModel
+from nemo_peft.models.sft import OptimConfig, lr_factor
 from nemo_peft.peft.lora import LoraPEFTConfig
 from tests.conftest import make_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from nemo_peft.generation import SamplingParams, _pick
+from nemo_peft.models.generation import SamplingParams, cut_at_eos, pick_token
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def generate_seq2seq(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
                            kv_cache=cache, return_hidden=True)
         else:
             hidden = model(input_ids, mask, decoder_ids, return_hidden=True)
-        tok = _pick(model.logits(hidden[:, -1]), params, gen)  # only the last position needs the LM head
+        tok = pick_token(model.logits(hidden[:, -1]), params, gen)  # only the last position needs the LM head
         if eos_id is not None:
             tok = torch.where(done, torch.full_like(tok, eos_id), tok)
             done |= tok == eos_id
@@ -49,9 +49,4 @@ def generate_seq2seq(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         if eos_id is not None and bool(done.all()):
             break
         decoder_ids = torch.cat([decoder_ids, tok[:, None]], dim=1)
-    rows = []
-    for row in out[:, :steps].tolist():
-        if eos_id is not None and eos_id in row:
-            row = row[:row.index(eos_id)]
-        rows.append(row)
-    return rows
+    return cut_at_eos(out[:, :steps], eos_id)

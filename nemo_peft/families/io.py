@@ -1,0 +1,99 @@
+"""Checkpoints in and out, whatever the family: base models (GGUF, Hugging Face, native),
+adapters (native or Hugging Face PEFT) and exports. Each call asks the model's family."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from nemo_peft.convert import hf_peft, native
+from nemo_peft.convert.gguf import gguf_default_path
+from nemo_peft.core.adapter_io import is_hf_peft_config, read_config
+from nemo_peft.families.base import FAMILIES, family_of, family_of_format, family_of_hf_type, unwrap
+
+_KINDS = ("a GGUF file, a nemo_peft model directory (config.json + model.safetensors), or a Hugging Face "
+          "checkpoint directory")
+
+
+def _read_config_json(path: str) -> dict:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"{path!r} is not a model directory: it has no config.json. Pass {_KINDS} "
+                         "(config.json + model.safetensors, as written by save_pretrained).")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path!r} is not valid JSON ({e}).") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path!r} holds a JSON {type(cfg).__name__}, not a model config.")
+    return cfg
+
+
+def load_pretrained(path: str | None, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a GGUF file, our native directory or a Hugging Face directory, of
+    any registered family. ``None`` or ``"default"`` means the embedded SmolLM2-135M-Instruct GGUF."""
+    if path in (None, "", "default"):
+        path = gguf_default_path()
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Model path {path!r} does not exist. Set model.restore_from_path to {_KINDS}, "
+                                "or null for the embedded SmolLM2-135M-Instruct.")
+    if os.path.isfile(path):
+        gguf_loaders = [f.load_gguf for f in FAMILIES.values() if f.load_gguf is not None]
+        if not path.endswith(".gguf") or not gguf_loaders:
+            raise ValueError(f"Model file {path!r} is not a .gguf file; pass a GGUF file or a model directory.")
+        return gguf_loaders[0](path, dtype=dtype)
+    cfg = _read_config_json(path)
+    fmt = native.format_of(cfg)
+    if fmt is not None:
+        family = family_of_format(fmt)
+        return native.load_model(path, family.model_cls, family.config_cls, dtype=dtype)
+    if "model_type" not in cfg:
+        raise ValueError(f"{os.path.join(path, 'config.json')!r} is neither a nemo_peft model config (format one of "
+                         f"{sorted(f.native_format for f in FAMILIES.values())}) nor a Hugging Face config.json "
+                         "(it has no 'model_type'), so this directory cannot be loaded.")
+    family = family_of_hf_type(cfg["model_type"])
+    if family is None:
+        supported = [t for f in FAMILIES.values() for t in f.hf_model_types]
+        raise ValueError(f"{path!r}: model_type={cfg['model_type']!r} is not supported; supported: "
+                         f"{', '.join(supported)}.")
+    return family.load_hf(path, dtype=dtype)
+
+
+def save_model(model, directory: str, tokenizer=None) -> None:
+    """Base weights in our native format (adapters are saved separately with save_adapters)."""
+    model = unwrap(model)
+    native.save_model(model, directory, tokenizer, fmt=family_of(model).native_format)
+
+
+def save_hf(model, directory: str, tokenizer=None, model_type: str | None = None) -> None:
+    """A transformers checkpoint of the base weights (merge adapters first to include them)."""
+    model = unwrap(model)
+    family_of(model).save_hf(model, directory, tokenizer, model_type=model_type)
+
+
+def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str = "default",
+                 model_type: str | None = None) -> dict:
+    """LoRA adapter ``name`` as a Hugging Face PEFT directory (``peft`` and vLLM load it)."""
+    model = unwrap(model)
+    return hf_peft.save_hf_peft(model, family_of(model).hf_peft, directory, base_model_name_or_path, name,
+                                model_type=model_type)
+
+
+def load_hf_peft(model, directory: str, name: str = "default") -> str:
+    """A Hugging Face PEFT LoRA directory into ``model`` as adapter ``name`` (exactly)."""
+    model = unwrap(model)
+    return hf_peft.load_hf_peft(model, family_of(model).hf_peft, directory, name=name)
+
+
+def load_adapters(model, path: str, cfg=None, name: str | None = None) -> list[str]:
+    """``model.load_adapters`` for our format, or the conversion of a Hugging Face PEFT directory."""
+    meta = read_config(path) if os.path.isdir(str(path)) else None
+    if meta is not None and is_hf_peft_config(meta):
+        if cfg is not None:
+            raise ValueError(f"{path!r} is a Hugging Face PEFT adapter: its adapter_config.json defines the "
+                             "adapter, so a cfg override cannot be applied; drop cfg.")
+        return [load_hf_peft(model, path, name=name or "default")]
+    return unwrap(model).load_adapters(path, cfg, name)
