@@ -12,7 +12,7 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from nemo_peft.recipes.hydra_args import register_resolvers
+from nemo_peft.recipes.hydra_args import peft_scheme_args, register_resolvers
 from nemo_peft.recipes.finetune import run_finetune
 
 METHODS = ["lora", "dora", "qlora", "ia3", "adapter", "ptuning", "prompt_tuning", "prefix_tuning",
@@ -44,7 +44,7 @@ def main():
         if first in LR:
             overrides.append(f"model.optim.lr={LR[first]}")
         with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):
-            cfg = compose("finetune", overrides=overrides + extra)
+            cfg = compose("finetune", overrides=peft_scheme_args(overrides + extra))
         start = time.time()
         result = run_finetune(cfg)
         row = (f"| {scheme} | {result['module'].model.num_trainable_parameters():,} | "

@@ -7,7 +7,7 @@ import sys
 
 import hydra
 
-from nemo_peft.recipes.hydra_args import quote_comma_lists, register_resolvers
+from nemo_peft.recipes.hydra_args import peft_scheme_args, register_resolvers
 from nemo_peft.recipes.generate import run_generate
 
 register_resolvers()
@@ -19,5 +19,5 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    sys.argv = quote_comma_lists(sys.argv)
+    sys.argv = peft_scheme_args(sys.argv)
     main()

@@ -144,18 +144,15 @@ def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str 
     rslora = set()
     for path, block, host, adapter in _lora_entries(model, name):
         rslora.add(adapter.use_rslora)
-        r = adapter.dim
-        a_all, b_all = adapter.lora_a.detach().float().cpu(), adapter.lora_b.detach().float().cpu()
         for hf_path, t_start, t_size in layout[f"{path.rsplit('.', 1)[0]}.{host}"]:
-            a_blocks, b_cols, b_offset = [], [], 0
-            for p, (start, size) in enumerate(adapter.out_slices):
+            a_blocks, b_cols = [], []
+            for _, start, size, a, b in adapter.parts():
                 lo, hi = max(start, t_start), min(start + size, t_start + t_size)
                 if lo < hi:  # this part of the adapter reaches rows of this HF module
-                    col = torch.zeros(t_size, r)
-                    col[lo - t_start:hi - t_start] = b_all[b_offset + lo - start:b_offset + hi - start]
-                    a_blocks.append(a_all[p * r:(p + 1) * r])
+                    col = torch.zeros(t_size, adapter.dim)
+                    col[lo - t_start:hi - t_start] = b[lo - start:hi - start].detach().float().cpu()
+                    a_blocks.append(a.detach().float().cpu())
                     b_cols.append(col)
-                b_offset += size
             if a_blocks:
                 modules.append((hf_path, torch.cat(a_blocks), torch.cat(b_cols, dim=1), adapter.scale))
     if not modules:
@@ -322,14 +319,5 @@ def _copy_in(model, plan: dict, name: str, source: str) -> None:
         if adapter.out_slices != slices or adapter.dim < dim:
             raise ValueError(f"{source}: existing adapter {name!r} on {host} has slices "
                              f"{adapter.out_slices} and rank {adapter.dim}; the file needs {slices} and rank {dim}.")
-        lora_a = torch.zeros(adapter.lora_a.shape)
-        lora_b = torch.zeros(adapter.lora_b.shape)
-        b_offset = 0
-        for p, (a, b, s) in enumerate(weights):
-            r = a.shape[0]
-            lora_a[p * adapter.dim:p * adapter.dim + r] = a.float()
-            lora_b[b_offset:b_offset + b.shape[0], :r] = b.float() * (s / adapter.scale) if s != adapter.scale \
-                else b.float()
-            b_offset += b.shape[0]
-        adapter.lora_a.copy_(lora_a)
-        adapter.lora_b.copy_(lora_b)
+        for p, (a, b, s) in enumerate(weights):  # zero-pads a lower rank
+            adapter.write_part(p, a.float(), b.float() * (s / adapter.scale) if s != adapter.scale else b.float())

@@ -86,13 +86,13 @@ class AdapterMixin:
         names = [adapters] if isinstance(adapters, str) else list(adapters)
         unknown = [n for n in names if n not in self.adapter_names]
         if not names or unknown:
-            raise ValueError(f"add_weighted_adapter needs existing adapter names; unknown {unknown}, "
-                             f"this model has {self.adapter_names}.")
+            raise ValueError(f"Unknown adapter(s) {unknown} in add_weighted_adapter; this model has "
+                             f"{self.adapter_names}.")
         combine = getattr(type(self._adapter_configs[names[0]][0]), "add_weighted_adapter", None)
         if combine is None:
             kinds = sorted({type(c).__name__ for c in self._adapter_configs[names[0]]})
-            raise ValueError(f"Adapter {names[0]!r} ({', '.join(kinds)}) cannot be combined; "
-                             "add_weighted_adapter works on LoRA adapters only.")
+            raise ValueError(f"Adapter {names[0]!r} is not a LoRA adapter ({', '.join(kinds)}); "
+                             "add_weighted_adapter combines LoRA adapters only.")
         combine(self, names, weights, new_name, activate=activate)
 
     def freeze_base(self) -> None:

@@ -1,13 +1,21 @@
-"""Batching of SFTDataset items into tensors for training and generation."""
+"""Batching of dataset items into tensors: ``collate_sft`` (SFTDataset, causal LM) and
+``collate_seq2seq`` (Seq2SeqDataset, encoder-decoder)."""
 from __future__ import annotations
 
 import torch
+
+from nemo_peft.modules.chunked_loss import IGNORE_INDEX
 
 
 def _round_up(n: int, multiple: int | None) -> int:
     if not multiple:
         return n
     return (n + multiple - 1) // multiple * multiple
+
+
+def _text_fields(batch: list[dict]) -> dict:
+    """What evaluation needs besides the tensors: each item's answer text and record."""
+    return {"answers": [item["answer"] for item in batch], "metadata": [item["metadata"] for item in batch]}
 
 
 def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
@@ -47,6 +55,43 @@ def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None =
         "loss_mask": loss_mask,
         "context_ids": context_ids,
         "context_mask": context_mask,
-        "answers": [item["answer"] for item in batch],
-        "metadata": [item["metadata"] for item in batch],
+        **_text_fields(batch),
+    }
+
+
+def collate_seq2seq(batch: list[dict], pad_id: int, decoder_start_id: int,
+                    pad_to_multiple_of: int | None = None) -> dict:
+    """Right-pad a list of Seq2SeqDataset items into tensors.
+
+    ``decoder_input_ids[t]`` is the start token for t = 0 and ``labels[t-1]`` after, so the
+    decoder predicts ``labels[t]`` at step t; padded label positions are IGNORE_INDEX (-100,
+    skipped by the loss) and ``decoder_attention_mask`` is 1 on real decoder positions.
+    """
+    if not batch:
+        raise ValueError("collate_seq2seq got an empty batch; the data loader produced no items.")
+
+    def width(key):
+        return _round_up(max(max(len(item[key]) for item in batch), 1), pad_to_multiple_of)
+
+    size, s, t = len(batch), width("input_ids"), width("label_ids")
+    input_ids = torch.full((size, s), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((size, s), dtype=torch.long)
+    decoder_input_ids = torch.full((size, t), pad_id, dtype=torch.long)
+    decoder_attention_mask = torch.zeros((size, t), dtype=torch.long)
+    labels = torch.full((size, t), IGNORE_INDEX, dtype=torch.long)
+    for row, item in enumerate(batch):
+        ids, lab = item["input_ids"], item["label_ids"]
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+        if lab:
+            labels[row, :len(lab)] = torch.tensor(lab, dtype=torch.long)
+            decoder_input_ids[row, :len(lab)] = torch.tensor([decoder_start_id] + lab[:-1], dtype=torch.long)
+            decoder_attention_mask[row, :len(lab)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "decoder_input_ids": decoder_input_ids,
+        "decoder_attention_mask": decoder_attention_mask,
+        "labels": labels,
+        **_text_fields(batch),
     }

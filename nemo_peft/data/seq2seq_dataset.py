@@ -2,31 +2,28 @@
 
 Each line is one JSON object; ``context_key`` names the field the encoder reads and
 ``label_key`` the field the decoder learns to produce, e.g. {"input": "...", "output": "..."}.
-``collate_seq2seq`` pads a batch: encoder ids and mask, decoder inputs (the start token
+``collate_seq2seq`` (data/collate.py) pads a batch: encoder ids and mask, decoder inputs (the start token
 followed by the labels shifted right), labels with padding set to -100, answers, metadata.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping
 
-import torch
-from torch.utils.data import Dataset
-
+from nemo_peft.data.collate import collate_seq2seq
 from nemo_peft.data.datamodule import SFTDataModule
-from nemo_peft.data.jsonl import read_jsonl_records
+from nemo_peft.data.jsonl import (JsonlDataset, check_max_num_samples, check_special_token, file_name_list,
+                                  read_jsonl_records)
 from nemo_peft.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # label value cross_entropy skips (padding)
 DATASET_KEYS = ("file_names", "context_key", "label_key", "max_seq_length", "max_target_length", "add_eos",
                 "max_num_samples")
 
 
-class Seq2SeqDataset(Dataset):
+class Seq2SeqDataset(JsonlDataset):
     """(context, label) pairs tokenized for teacher-forced encoder-decoder training.
 
     Items are dicts: ``input_ids`` (the encoder's context tokens, + EOS), ``label_ids`` (the
@@ -35,31 +32,16 @@ class Seq2SeqDataset(Dataset):
     data fails before training; tokenization happens per item.
     """
 
-    def __init__(
-        self,
-        file_names: list[str] | str,
-        tokenizer: Tokenizer,
-        context_key: str = "input",
-        label_key: str = "output",
-        max_seq_length: int = 512,
-        max_target_length: int | None = None,
-        add_eos: bool = True,
-        max_num_samples: int | None = None,
-    ):
-        if isinstance(file_names, (str, os.PathLike)):
-            file_names = [file_names]
-        self.file_names = [os.fspath(f) for f in file_names]
-        if not self.file_names:
-            raise ValueError("file_names is empty: give at least one JSONL file of training records.")
+    def __init__(self, file_names: list[str] | str, tokenizer: Tokenizer, context_key: str = "input",
+                 label_key: str = "output", max_seq_length: int = 512, max_target_length: int | None = None,
+                 add_eos: bool = True, max_num_samples: int | None = None):
+        self.file_names = file_name_list(file_names)
         max_target_length = max_seq_length if max_target_length is None else max_target_length
         for name, value in (("max_seq_length", max_seq_length), ("max_target_length", max_target_length)):
             if value < 1:
                 raise ValueError(f"{name}={value} is too small: it must be at least 1.")
-        if max_num_samples is not None and max_num_samples <= 0:
-            raise ValueError(f"max_num_samples={max_num_samples} must be a positive number or None (use all).")
-        if add_eos and tokenizer.eos_id is None:
-            raise ValueError("add_eos=True but the tokenizer has no eos_id: set add_eos=False or give the "
-                             "tokenizer one.")
+        check_max_num_samples(max_num_samples)
+        check_special_token(tokenizer, "eos", add_eos)
         if context_key == label_key:
             raise ValueError(f"context_key and label_key are both {context_key!r}; the model would learn to copy "
                              "its input. Point them at different fields.")
@@ -81,12 +63,7 @@ class Seq2SeqDataset(Dataset):
                                  "field to the data.")
 
     # --- tokenization ---------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, idx: int) -> dict:
-        record = self.records[idx]
-        input_ids, label_ids = self.tokenize_record(record)
+    def make_item(self, record: dict, input_ids: list[int], label_ids: list[int]) -> dict:
         return {"input_ids": input_ids, "label_ids": label_ids, "answer": str(record[self.label_key]).strip(),
                 "metadata": dict(record)}
 
@@ -107,47 +84,6 @@ class Seq2SeqDataset(Dataset):
                            role, len(ids) + len(eos), option, limit, option)
             self._warned[role] = True
         return (ids[:max(limit - len(eos), 0)] + eos)[:limit]
-
-
-def collate_seq2seq(batch: list[dict], pad_id: int, decoder_start_id: int,
-                    pad_to_multiple_of: int | None = None) -> dict:
-    """Right-pad a list of Seq2SeqDataset items into tensors.
-
-    ``decoder_input_ids[t]`` is the start token for t = 0 and ``labels[t-1]`` after, so the
-    decoder predicts ``labels[t]`` at step t; padded label positions are -100 (ignored by the
-    loss) and ``decoder_attention_mask`` is 1 on real decoder positions.
-    """
-    if not batch:
-        raise ValueError("collate_seq2seq got an empty batch; the data loader produced no items.")
-
-    def width(key):
-        n = max(max(len(item[key]) for item in batch), 1)
-        m = pad_to_multiple_of
-        return (n + m - 1) // m * m if m else n
-
-    size, s, t = len(batch), width("input_ids"), width("label_ids")
-    input_ids = torch.full((size, s), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((size, s), dtype=torch.long)
-    decoder_input_ids = torch.full((size, t), pad_id, dtype=torch.long)
-    decoder_attention_mask = torch.zeros((size, t), dtype=torch.long)
-    labels = torch.full((size, t), IGNORE_INDEX, dtype=torch.long)
-    for row, item in enumerate(batch):
-        ids, lab = item["input_ids"], item["label_ids"]
-        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, :len(ids)] = 1
-        if lab:
-            labels[row, :len(lab)] = torch.tensor(lab, dtype=torch.long)
-            decoder_input_ids[row, :len(lab)] = torch.tensor([decoder_start_id] + lab[:-1], dtype=torch.long)
-            decoder_attention_mask[row, :len(lab)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "decoder_input_ids": decoder_input_ids,
-        "decoder_attention_mask": decoder_attention_mask,
-        "labels": labels,
-        "answers": [item["answer"] for item in batch],
-        "metadata": [item["metadata"] for item in batch],
-    }
 
 
 class Seq2SeqDataModule(SFTDataModule):

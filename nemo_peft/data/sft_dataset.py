@@ -8,12 +8,10 @@ the model learns to produce.
 from __future__ import annotations
 
 import logging
-import os
 import string
 
-from torch.utils.data import Dataset
-
-from nemo_peft.data.jsonl import read_jsonl_records
+from nemo_peft.data.jsonl import (JsonlDataset, check_max_num_samples, check_special_token, file_name_list,
+                                  read_jsonl_records)
 from nemo_peft.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -25,7 +23,7 @@ def _format_value(value, conversion: str | None, format_spec: str) -> str:
     return _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), format_spec)
 
 
-class SFTDataset(Dataset):
+class SFTDataset(JsonlDataset):
     """Prompt/answer pairs tokenized for causal-LM fine-tuning with the loss on the answer only.
 
     Items are dicts: `input_ids` (context_ids + answer_ids), `loss_mask` (1 on answer positions),
@@ -46,19 +44,12 @@ class SFTDataset(Dataset):
         add_eos: bool = True,
         max_num_samples: int | None = None,
     ):
-        if isinstance(file_names, (str, os.PathLike)):
-            file_names = [file_names]
-        self.file_names = [os.fspath(f) for f in file_names]
-        if not self.file_names:
-            raise ValueError("file_names is empty: give at least one JSONL file of training records.")
+        self.file_names = file_name_list(file_names)
         if max_seq_length < 2:
             raise ValueError(f"max_seq_length={max_seq_length} is too small: it must be at least 2.")
-        if max_num_samples is not None and max_num_samples <= 0:
-            raise ValueError(f"max_num_samples={max_num_samples} must be a positive number or None (use all).")
-        if add_bos and tokenizer.bos_id is None:
-            raise ValueError("add_bos=True but the tokenizer has no bos_id: set add_bos=False or give the tokenizer one.")
-        if add_eos and tokenizer.eos_id is None:
-            raise ValueError("add_eos=True but the tokenizer has no eos_id: set add_eos=False or give the tokenizer one.")
+        check_max_num_samples(max_num_samples)
+        check_special_token(tokenizer, "bos", add_bos)
+        check_special_token(tokenizer, "eos", add_eos)
 
         self.tokenizer = tokenizer
         self.prompt_template = prompt_template
@@ -134,12 +125,7 @@ class SFTDataset(Dataset):
                                  "change prompt_template.")
 
     # --- tokenization ---------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, idx: int) -> dict:
-        record = self.records[idx]
-        context_ids, answer_ids = self.tokenize_record(record)
+    def make_item(self, record: dict, context_ids: list[int], answer_ids: list[int]) -> dict:
         return {
             "input_ids": context_ids + answer_ids,
             "loss_mask": [0] * len(context_ids) + [1] * len(answer_ids),

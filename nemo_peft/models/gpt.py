@@ -1,21 +1,22 @@
 """A decoder-only transformer covering the GPT-2 and Llama families from one config."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from nemo_peft.core.mixin import AdapterMixin
+from nemo_peft.models.config import ModelConfig
 from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
+from nemo_peft.modules.gpt_layer import TransformerStack
 from nemo_peft.modules.kv_cache import KVCache
-from nemo_peft.modules.layer import TransformerStack
 from nemo_peft.modules.rope import RotaryEmbedding
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     """Megatron-style names. Defaults give a tiny Llama-like model."""
 
     vocab_size: int = 256
@@ -53,17 +54,6 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.kv_channels or self.hidden_size // self.num_attention_heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown GPTConfig keys {unknown}; valid keys: {sorted(known)}.")
-        return cls(**d)
 
 
 class GPTModel(nn.Module, AdapterMixin):

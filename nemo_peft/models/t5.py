@@ -6,18 +6,18 @@ PEFT method that fills lora/scale/residual/prefix/prompt slots works here unchan
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.core.mixin import AdapterMixin
+from nemo_peft.models.config import ModelConfig
 from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
-from nemo_peft.modules.mlp import MLP
-from nemo_peft.modules.t5_blocks import (RelativePositionBias, T5CrossAttention, T5KVCache, T5SelfAttention,
-                                         T5Stack)
+from nemo_peft.modules.kv_cache import T5KVCache
+from nemo_peft.modules.t5_layer import T5Stack
 
 # transformers' activation names (the part of feed_forward_proj after "gated-") -> ours
 T5_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -38,7 +38,7 @@ def parse_feed_forward_proj(value: str) -> tuple[str, bool]:
 
 
 @dataclass
-class T5Config:
+class T5Config(ModelConfig):
     """transformers' T5 names. Defaults give a tiny T5 (relu, tied embeddings)."""
 
     vocab_size: int = 256
@@ -78,18 +78,6 @@ class T5Config:
     def gated(self) -> bool:
         return parse_feed_forward_proj(self.feed_forward_proj)[1]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "T5Config":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown T5Config keys {unknown}; valid keys: {sorted(known)}.")
-        return cls(**d)
-
-
 
 class T5Model(nn.Module, AdapterMixin):
     """``embedding`` (shared by encoder and decoder; its prompt slots prepend virtual tokens to
@@ -104,7 +92,7 @@ class T5Model(nn.Module, AdapterMixin):
         self.output_layer = None
         if not cfg.tie_word_embeddings:
             self.output_layer = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self._init_weights()
 
     # --- forward ---
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,25 +158,12 @@ class T5Model(nn.Module, AdapterMixin):
         c = self.config
         return T5KVCache(c.num_decoder_layers, batch_size, max_len, c.num_heads, c.d_kv, p.dtype, p.device)
 
-    # --- init: transformers' T5 scheme (no 1/sqrt(d) in attention, so q starts smaller) ---
+    # --- init: transformers' T5 scheme; each block initialises its own weights ---
     @torch.no_grad()
-    def _init_weights(self, m: nn.Module) -> None:
-        c = self.config
-        d, inner = c.d_model, c.num_heads * c.d_kv
-        if m is self:
-            nn.init.normal_(self.embedding.word_embeddings.weight, std=1.0)
-            if self.output_layer is not None:
-                nn.init.normal_(self.output_layer.weight, std=1.0)
-        elif isinstance(m, T5SelfAttention):
-            nn.init.normal_(m.linear_qkv.weight[:inner], std=(d * c.d_kv) ** -0.5)
-            nn.init.normal_(m.linear_qkv.weight[inner:], std=d ** -0.5)
-            nn.init.normal_(m.linear_proj.weight, std=inner ** -0.5)
-        elif isinstance(m, T5CrossAttention):
-            nn.init.normal_(m.linear_q.weight, std=(d * c.d_kv) ** -0.5)
-            nn.init.normal_(m.linear_kv.weight, std=d ** -0.5)
-            nn.init.normal_(m.linear_proj.weight, std=inner ** -0.5)
-        elif isinstance(m, RelativePositionBias):
-            nn.init.normal_(m.relative_attention_bias.weight, std=d ** -0.5)
-        elif isinstance(m, MLP):
-            nn.init.normal_(m.linear_fc1.weight, std=d ** -0.5)
-            nn.init.normal_(m.linear_fc2.weight, std=c.d_ff ** -0.5)
+    def _init_weights(self) -> None:
+        # this order (encoder, decoder, then the embeddings) fixes the random draws for a given seed
+        self.encoder.init_weights(self.config)
+        self.decoder.init_weights(self.config)
+        nn.init.normal_(self.embedding.word_embeddings.weight, std=1.0)
+        if self.output_layer is not None:
+            nn.init.normal_(self.output_layer.weight, std=1.0)

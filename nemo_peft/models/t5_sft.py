@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from nemo_peft.data.seq2seq_dataset import IGNORE_INDEX
 from nemo_peft.models.seq2seq_generation import generate_seq2seq
 from nemo_peft.models.sft import SFTModule
+from nemo_peft.modules.chunked_loss import IGNORE_INDEX
 
 
 class T5SFTModel(SFTModule):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+IGNORE_INDEX = -100  # label value the loss skips (e.g. padding); F.cross_entropy's default ignore_index
+
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype autocast would give this matmul (the tensor's own when autocast is off)."""
@@ -59,7 +61,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         chunk_size: int = 512, ignore_index: int = -100) -> torch.Tensor:
+                         chunk_size: int = 512, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` ([..., V] logits, never formed whole) against
     ``labels`` (same leading shape as ``hidden``), skipping ``ignore_index``; equal to
     ``F.cross_entropy(F.linear(hidden, weight).float().flatten(0, -2), labels.flatten())``.

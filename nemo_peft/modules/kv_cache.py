@@ -1,4 +1,5 @@
-"""A preallocated key/value cache for incremental decoding."""
+"""Key/value caches for incremental decoding: ``KVCache`` (preallocated self-attention keys and
+values) and ``T5KVCache`` (the T5 decoder's: self-attention plus the encoder's cross-attention ones)."""
 from __future__ import annotations
 
 import torch
@@ -31,3 +32,39 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+
+class T5KVCache:
+    """The decoder's caches for incremental decoding.
+
+    Self-attention keys/values grow by one position per step (a preallocated ``KVCache``);
+    cross-attention keys/values depend only on the encoder output, so each layer computes
+    them at the first step and reuses them afterwards.
+    """
+
+    def __init__(self, num_layers, batch_size, max_len, num_heads, head_dim, dtype, device):
+        self.self_attention = KVCache(num_layers, batch_size, max_len, num_heads, head_dim, dtype, device)
+        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
+
+    @property
+    def length(self) -> int:
+        return self.self_attention.length
+
+    @property
+    def max_len(self) -> int:
+        return self.self_attention.max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        return self.self_attention.update(layer, k, v)
+
+    def advance(self, n: int) -> None:
+        self.self_attention.advance(n)
+
+    def cross_kv(self, layer: int, attention, memory: torch.Tensor | None):
+        """The cross-attention keys/values of ``layer``: ``attention.memory_kv(memory)`` at the first step."""
+        if self.cross[layer] is None:
+            if memory is None:
+                raise ValueError("The first decoding step with a fresh cache needs the encoder output "
+                                 "(encoder_outputs or input_ids).")
+            self.cross[layer] = attention.memory_kv(memory)
+        return self.cross[layer]

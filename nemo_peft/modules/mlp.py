@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
-from nemo_peft.modules.lean_autograd import swiglu
+from nemo_peft.modules.memory_lean_ops import swiglu
 
 ACTIVATIONS = {
     "gelu": F.gelu,

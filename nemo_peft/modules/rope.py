@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from nemo_peft.modules.lean_autograd import rotary
+from nemo_peft.modules.memory_lean_ops import rotary
 
 
 def rope_inv_freq(head_dim: int, base: float, scaling: dict | None) -> torch.Tensor:

@@ -59,7 +59,7 @@ class DoraAdapter(LoraAdapter):
         """‖W + s·B·A‖ per covered row, in fp32, without forming B·A (detached, as in peft)."""
         weight, s = self._host_weight(), self.scale
         norms = []
-        for _, start, size, a, b in self._parts():
+        for _, start, size, a, b in self.parts():
             w = weight[start:start + size].float()
             a, b = a.to(w.device, torch.float32), b.to(w.device, torch.float32)
             sq = w.pow(2).sum(1) + (2 * s) * (b * (w @ a.T)).sum(1) + (s * s) * ((b @ (a @ a.T)) * b).sum(1)
@@ -77,10 +77,7 @@ class DoraAdapter(LoraAdapter):
         h = F.linear(x_lora, self.lora_a) * self.scale
         factor = (self.magnitude / self.weight_norm().to(self.magnitude.dtype)).to(out.dtype)
         full = len(self.out_slices) == 1 and self.out_slices[0] == (0, out.shape[-1])
-        f_offset = 0
-        for p, start, size, _, b in self._parts():
-            f = factor[f_offset:f_offset + size]
-            f_offset += size
+        for (p, start, size, _, b), f in zip(self.parts(), self._per_part(factor)):
             if recompute:
                 base = F.linear(x_lora, weight[start:start + size])
             else:
@@ -90,7 +87,7 @@ class DoraAdapter(LoraAdapter):
                     base = base - bias[start:start + size]
                 elif not full:
                     base = base.clone()
-            lora = self._post(F.linear(h[..., p * self.dim:(p + 1) * self.dim], b))
+            lora = self._post(F.linear(h[..., self.rank_slice(p)], b))
             delta = (f - 1) * base + f * lora
             if full:
                 return out + delta
@@ -111,11 +108,9 @@ class DoraAdapter(LoraAdapter):
             if self.merge_factor is None:
                 raise RuntimeError("This DoRA adapter is not merged; there is nothing to unmerge.")
             factor = self.merge_factor.double()
-        f_offset = 0
-        for start, size, delta in self.delta_weight():
+        for (start, size, delta), f in zip(self.delta_weight(), self._per_part(factor)):
             rows = host.weight[start:start + size]
-            f = factor[f_offset:f_offset + size, None]
-            f_offset += size
+            f = f[:, None]
             if sign > 0:
                 new = f * (rows.double() + delta.double())
             else:
@@ -123,6 +118,10 @@ class DoraAdapter(LoraAdapter):
             rows.copy_(new.to(rows.dtype))
         if sign < 0:
             self.merge_factor = None
+
+    def _per_part(self, per_row: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A vector over the covered rows (magnitude, m/n) cut into one piece per part."""
+        return per_row.split([size for _, size in self.out_slices])
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", dora(host={self.host_name})"

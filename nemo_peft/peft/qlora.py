@@ -214,6 +214,7 @@ class QLoraAdapter(LoraAdapter):
 class QLoraPEFTConfig(LoraPEFTConfig):
     """LoRA's options plus the 4-bit storage of the base linears (see the module docstring)."""
 
+    adapter_class = QLoraAdapter
     quant_type: str = "nf4"  # torchao provides NF4
     double_quant: bool = False  # quantize the block scales to int8 too
     block_size: int = 64  # values per quantization block
@@ -233,13 +234,6 @@ class QLoraPEFTConfig(LoraPEFTConfig):
             raise ValueError(f"block_size={self.block_size!r} must be a positive even integer (64 is standard).")
         self.block_size = int(self.block_size)
         self.double_quant = bool(self.double_quant)
-
-    def make_adapter(self, ctx: SlotContext, slices: list[tuple[int, int]], dim: int, alpha: float) -> nn.Module:
-        host = getattr(ctx.block, ctx.spec.host)
-        return QLoraAdapter(
-            host.in_features, slices, dim, alpha, self.dropout, self.dropout_position,
-            self.lora_A_init_method, self.lora_B_init_method, self.use_rslora,
-        )
 
     def build_adapters(self, slots: list[SlotContext]):
         """LoRA's adapters, then the chosen host linears of the model become ``NF4Linear`` (in place, for good)."""

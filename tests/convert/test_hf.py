@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from nemo_peft.convert.auto import load_pretrained
+from nemo_peft import load_pretrained
 from nemo_peft.convert.hf_gpt import load_hf, save_hf
 from nemo_peft.convert.hf_gpt_config import hf_to_config
 from nemo_peft.data.tokenizer import Tokenizer

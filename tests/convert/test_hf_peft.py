@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from nemo_peft.convert.hf_gpt import load_hf
-from nemo_peft.convert.hf_peft import load_hf_peft, save_hf_peft
+from nemo_peft import load_adapters, load_hf_peft, save_hf_peft
 from nemo_peft.peft.lora import LoraPEFTConfig
 
 transformers = pytest.importorskip("transformers")
@@ -208,13 +208,13 @@ def test_load_adapters_dispatches_and_fills_existing_adapter(base, tmp_path):
     out = str(tmp_path / "peft_adapter")
     expected = make_peft_adapter(hf, out, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
     model = ours(path)
-    assert model.load_adapters(out) == ["default"]
+    assert load_adapters(model, out) == ["default"]
     with torch.no_grad():
         check_close("load_adapters dispatch", model(IDS), expected)
     # an adapter already built by the recipe (bigger rank) is filled in place, exactly
     model = ours(path)
     model.add_adapter(LoraPEFTConfig(target_modules=["q_proj", "v_proj", "linear_fc2"], dim=8, alpha=8), "task")
-    assert model.load_adapters(out, name="task") == ["task"]
+    assert load_adapters(model, out, name="task") == ["task"]
     with torch.no_grad():
         check_close("load into existing adapter", model(IDS), expected)
     # our native checkpoint of it round-trips
@@ -280,7 +280,7 @@ def test_unsupported_config_fields(field, value, base, tmp_path):
     json.dump(cfg, open(cfg_path, "w"))
     model = ours(path)
     with pytest.raises(ValueError, match=field):
-        model.load_adapters(out)
+        load_adapters(model, out)
     assert model.adapter_names == []  # nothing half-added
 
 
@@ -293,7 +293,7 @@ def test_missing_files(base, tmp_path):
     make_peft_adapter(hf, out, r=2, lora_alpha=2, target_modules=["q_proj"])
     os.remove(os.path.join(out, "adapter_model.safetensors"))
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
-        model.load_adapters(out)
+        load_adapters(model, out)
 
 
 def test_existing_adapter_that_does_not_fit(base, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nemo_peft.convert.hf_peft import save_hf_peft
+from nemo_peft import load_adapters, save_hf_peft
 from nemo_peft.convert.hf_t5 import load_hf_t5
 from nemo_peft.peft.lora import LoraPEFTConfig
 from tests.convert.test_hf_peft import randomize
@@ -84,7 +84,7 @@ def test_peft_t5_adapter_loads_here_with_the_same_logits(tmp_path, case, targets
     finally:
         pm.unload()
     model, _ = load_hf_t5(path)
-    model.load_adapters(out)  # dispatches HF-PEFT directories
+    load_adapters(model, out)  # dispatches HF-PEFT directories
     assert (our_logits(model) - expected).abs().max() <= TOL
     # what the file held round-trips: saved again natively and reloaded into a fresh base
     model.save_adapters(str(tmp_path / "native"))
@@ -107,7 +107,7 @@ def test_t5_file_with_a_module_this_model_lacks_is_a_clear_error(tmp_path):
         tensors[k.replace("block.0", "block.7")] = tensors[k].clone()
     save_file(tensors, os.path.join(out, "adapter_model.safetensors"))
     with pytest.raises(ValueError, match=r"decoder\.block\.7\.layer\.1\.EncDecAttention\.q.*no counterpart"):
-        small.load_adapters(out)
+        load_adapters(small, out)
     assert small.adapter_names == []
     assert json.load(open(os.path.join(out, "adapter_config.json")))["peft_type"] == "LORA"
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from nemo_peft.convert.auto import load_pretrained
-from nemo_peft.convert.native import load_model, save_model
+from nemo_peft import load_pretrained
+from nemo_peft import save_model
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.peft.lora import LoraPEFTConfig
 from tests.conftest import make_model
@@ -23,7 +23,7 @@ def test_native_round_trip_keeps_logits_and_tokenizer(tmp_path, family):
 
 def test_bf16_load_keeps_rope_frequencies_fp32(tmp_path):
     save_model(make_model("llama"), str(tmp_path))
-    model, _ = load_model(str(tmp_path), dtype=torch.bfloat16)
+    model, _ = load_pretrained(str(tmp_path), dtype=torch.bfloat16)
     assert model.rotary.inv_freq.dtype == torch.float32
     assert model.embedding.word_embeddings.weight.dtype == torch.bfloat16
 
@@ -44,4 +44,4 @@ def test_truncated_native_weights_is_a_clear_error(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="damaged or truncated"):
-        load_model(str(tmp_path))
+        load_pretrained(str(tmp_path))

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nemo_peft.data.seq2seq_dataset import IGNORE_INDEX, Seq2SeqDataModule, Seq2SeqDataset, collate_seq2seq
+from nemo_peft.data.collate import collate_seq2seq
+from nemo_peft.data.seq2seq_dataset import Seq2SeqDataModule, Seq2SeqDataset
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.models.generation import SamplingParams
 from nemo_peft.models.t5_sft import T5SFTModel
 from nemo_peft.models.t5 import T5Config, T5Model
+from nemo_peft.modules.chunked_loss import IGNORE_INDEX
 from nemo_peft.peft.bottleneck import CanonicalAdaptersPEFTConfig
 from nemo_peft.peft.ia3 import IA3PEFTConfig
 from nemo_peft.peft.lora import LoraPEFTConfig

@@ -347,7 +347,7 @@ def test_pattern_values_are_checked(kwargs):
 def test_dora_is_not_exported_as_plain_hf_lora(tmp_path):
     import pytest
 
-    from nemo_peft.convert.hf_peft import save_hf_peft
+    from nemo_peft import save_hf_peft
     from nemo_peft.peft.dora import DoraPEFTConfig
     from tests.conftest import make_model
 

@@ -232,3 +232,53 @@ def test_module_path_targets_select_hosts_and_parts():
     assert got == {"decoder.layers.0.self_attention.lora_qkv": [attn.output_parts["linear_qkv"]["v"]],
                    "decoder.layers.1.mlp.lora_fc1": [mlp.output_parts["linear_fc1"]["up"]],
                    "decoder.layers.2.mlp.lora_fc2": [(0, 48)]}
+
+
+# ---- the parts API: the one place that knows the stacked lora_a / lora_b layout ----
+def test_delta_weight_and_parts_equal_the_dense_update_of_forward():
+    slices = [(0, 5), (9, 3), (14, 4)]  # q, v-like parts of an 18-row fused host; rows 5..9, 12..14 skipped
+    ad = LoraAdapter(7, slices, dim=3, alpha=5, b_init="normal").double()
+    # forward on the identity: ad(I, 0)[i, o] = the update's weight W[o, i], from the stacked tensors
+    dense = ad(torch.eye(7, dtype=torch.float64), torch.zeros(7, 18, dtype=torch.float64)).T
+    from_parts = torch.zeros(18, 7, dtype=torch.float64)
+    for part in ad.parts():
+        assert (part.start, part.size) == slices[part.index]
+        assert part.a.shape == (3, 7) and part.b.shape == (part.size, 3)
+        from_parts[part.start:part.start + part.size] += ad.scale * part.b @ part.a
+    from_delta = torch.zeros(18, 7, dtype=torch.float64)
+    for start, size, delta in ad.delta_weight():
+        from_delta[start:start + size] += delta.double()
+    torch.testing.assert_close(from_parts, dense, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(from_delta, dense, rtol=1e-6, atol=1e-6)  # delta_weight is fp32
+    assert dense[5:9].abs().sum() == 0 and dense[12:14].abs().sum() == 0
+
+
+def test_write_part_round_trips_and_zero_pads_a_lower_rank():
+    ad = LoraAdapter(6, [(0, 4), (4, 2)], dim=3, alpha=3, b_init="normal").to(torch.bfloat16)
+    a0, b0 = (t.clone() for t in ad.part_weights(0))
+    a, b = torch.randn(2, 6), torch.randn(2, 2)  # fp32, rank 2 < dim 3
+    ad.write_part(1, a, b)
+    a1, b1 = ad.part_weights(1)
+    assert a1.dtype == torch.bfloat16 and torch.equal(a1[:2], a.to(torch.bfloat16)) and not a1[2:].any()
+    assert torch.equal(b1[:, :2], b.to(torch.bfloat16)) and not b1[:, 2:].any()
+    assert torch.equal(ad.part_weights(0)[0], a0) and torch.equal(ad.part_weights(0)[1], b0)  # part 0 untouched
+    assert a1.data_ptr() == ad.lora_a[3:].data_ptr()  # views into the stacked tensors, not copies
+    full_a, full_b = torch.randn(3, 6), torch.randn(4, 3)
+    ad.write_part(0, full_a, full_b)
+    assert torch.equal(ad.part_weights(0)[0], full_a.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="r <= 3"):
+        ad.write_part(0, torch.zeros(4, 6), torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="B \\[2, r\\]"):
+        ad.write_part(1, torch.zeros(3, 6), torch.zeros(4, 3))
+
+
+def test_weighted_combination_refuses_dora():
+    from nemo_peft.peft.dora import DoraPEFTConfig
+
+    model = make_model("llama")
+    model.add_adapter(LoraPEFTConfig(target_modules=["linear_qkv"], dim=2), name="l")
+    model.add_adapter(DoraPEFTConfig(target_modules=["linear_qkv"], dim=2), name="d")
+    for names in (["l", "d"], ["d", "l"]):  # a DoRA source, second or first (its config class dispatches)
+        with pytest.raises(ValueError, match="'d' is DoRA"):
+            model.add_weighted_adapter(names, [1.0, 1.0], "mix")
+    assert model.adapter_names == ["l", "d"]

@@ -99,7 +99,7 @@ def test_arch_mismatches_are_clear_errors(cfg, message):
 
 
 def test_gpt_checkpoint_with_arch_t5_is_a_clear_error(tmp_path):
-    from nemo_peft.convert.native import save_model
+    from nemo_peft import save_model
     from nemo_peft.models.gpt import GPTConfig, GPTModel
     from nemo_peft.data.tokenizer import Tokenizer
 
@@ -110,8 +110,8 @@ def test_gpt_checkpoint_with_arch_t5_is_a_clear_error(tmp_path):
 
 
 def test_t5_native_directory_round_trips(tmp_path):
-    from nemo_peft.convert.auto import load_pretrained
-    from nemo_peft.convert.native import save_model
+    from nemo_peft import load_pretrained
+    from nemo_peft import save_model
 
     module = build_model(t5_model_cfg())
     save_model(module.model, str(tmp_path / "t5"), module.tokenizer)

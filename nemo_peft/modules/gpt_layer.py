@@ -1,4 +1,4 @@
-"""A pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x))."""
+"""The GPT layer and stack: pre-norm x + attn(norm(x)), then x + mlp(norm(x)), and the final norm."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
-from nemo_peft.modules.attention import SelfAttention
+from nemo_peft.modules.gpt_attention import SelfAttention
 from nemo_peft.modules.mlp import MLP
 from nemo_peft.modules.norm import build_norm
 

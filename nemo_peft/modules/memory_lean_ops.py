@@ -1,4 +1,4 @@
-"""Elementwise ops whose backward needs less saved memory than autograd's default.
+"""RoPE and SwiGLU as autograd functions that save only what their backward needs.
 
 Per layer of a 4 x 256 batch these save what the default graph would keep twice: RoPE keeps only
 cos/sin (its backward is the inverse rotation), and SwiGLU keeps only its input [gate | up]

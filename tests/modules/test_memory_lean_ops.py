@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from nemo_peft.modules.lean_autograd import rotary, swiglu
+from nemo_peft.modules.memory_lean_ops import rotary, swiglu
 
 
 def plain_rotary(x, cos, sin):
