@@ -22,6 +22,7 @@ from nemo_peft.convert.hf_gpt import fill_rope
 from nemo_peft.convert.instantiate import instantiate
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.models.gpt import GPTConfig, GPTModel
+from nemo_peft.modules.rope import rope_inv_freq
 
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_ARCHS = ("llama", "qwen2")

@@ -13,8 +13,10 @@ conversion here is exact:
 - import: the q/k/v (gate/up) LoRAs of a layer become one part-wise adapter; different ranks are
   zero-padded, different scales (``alpha_pattern``, rsLoRA) are folded into B.
 
-Both directions work from a *layout*: for each of our host linears, the HF modules that make
-it up and the rows each one holds (GPT-style families here, T5 in ``hf_t5.peft_layout``).
+Both directions work from the model family's ``HFPeftSpec`` (``hf_peft_layout.py``): for each of
+our host linears, the HF modules that make it up and the rows each one holds. Each family's
+converter provides one (``hf_gpt_peft.GPT_PEFT_SPEC``, ``hf_t5.T5_PEFT_SPEC``); callers pass it
+in (``nemo_peft.save_hf_peft`` / ``load_hf_peft`` look it up from the model's family).
 """
 from __future__ import annotations
 
@@ -27,83 +29,17 @@ from collections import Counter, defaultdict
 import torch
 from safetensors.torch import save_file
 
-from nemo_peft.convert.hf_gpt_config import SUPPORTED, infer_model_type
+from nemo_peft.convert.hf_peft_layout import HFPeftSpec
 from nemo_peft.convert.hf_peft_file import (CONFIG_NAME, PREFIX, WEIGHTS_NAME, check_config, parse_lora_tensors,
                                             read_hf_peft)
 from nemo_peft.core.adapter_io import atomic_write
 from nemo_peft.core.slots import host_parts
 from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
 
-# host -> [(HF module suffix, our part or None = whole host)], per naming scheme
-_LLAMA = {
-    "linear_qkv": [("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"), ("self_attn.v_proj", "v")],
-    "linear_proj": [("self_attn.o_proj", None)],
-    "linear_fc1": [("mlp.gate_proj", "gate"), ("mlp.up_proj", "up")],
-    "linear_fc2": [("mlp.down_proj", None)],
-}
-_GPT2 = {
-    "linear_qkv": [("attn.c_attn", None)], "linear_proj": [("attn.c_proj", None)],
-    "linear_fc1": [("mlp.c_fc", None)], "linear_fc2": [("mlp.c_proj", None)],
-}
-_LAYER_PREFIX = {"llama": "model.layers.{i}.", "gpt2": "transformer.h.{i}."}
-_HOST_BLOCK = {"linear_qkv": "self_attention", "linear_proj": "self_attention",
-               "linear_fc1": "mlp", "linear_fc2": "mlp"}
-
-def _scheme(model_type: str) -> str:
-    return "gpt2" if model_type == "gpt2" else "llama"
-
-
-def _hf_modules(block, host: str, scheme: str) -> list[tuple[str, int, int]]:
-    """(HF module suffix, row start, rows) of each HF module that makes up our ``host``."""
-    parts = host_parts(block, host)
-    out = []
-    for suffix, part in (_LLAMA if scheme == "llama" else _GPT2)[host]:
-        if part is None:
-            out.append((suffix, 0, getattr(block, host).out_features))
-        elif part in parts:
-            out.append((suffix, *parts[part]))
-        elif part == "up" and list(parts) == ["all"]:  # non-gated MLP: up_proj is the whole fc1
-            out.append((suffix, *parts["all"]))
-    return out
 
 
 def _layer_of(path: str) -> int:
     return int(re.search(r"(?:^|\.)layers\.(\d+)\.", path + ".").group(1))
-
-
-def _unwrap(model):
-    """The GPTModel/T5Model itself (also accepts the Lightning wrapper, which holds it as ``.model``)."""
-    return model if hasattr(model, "decoder") else model.model
-
-
-def _is_t5(model) -> bool:
-    return hasattr(model, "encoder")
-
-
-def _gpt_layout(model, scheme: str) -> dict[str, list[tuple[str, int, int]]]:
-    out = {}
-    for i, layer in enumerate(model.decoder.layers):
-        for host, block_name in _HOST_BLOCK.items():
-            block = layer.get_submodule(block_name)
-            out[f"decoder.layers.{i}.{block_name}.{host}"] = [
-                (_LAYER_PREFIX[scheme].format(i=i) + suffix, start, size)
-                for suffix, start, size in _hf_modules(block, host, scheme)]
-    return out
-
-
-def _layout(model, model_type: str | None = None) -> dict[str, list[tuple[str, int, int]]]:
-    """Our host path -> [(HF module path, row start, rows)]; without ``model_type`` (import),
-    every naming scheme the model could have been saved under."""
-    if _is_t5(model):
-        from nemo_peft.convert.hf_t5 import peft_layout
-
-        return peft_layout(model)
-    if model_type is not None:
-        return _gpt_layout(model, _scheme(model_type))
-    layout = _gpt_layout(model, "llama")
-    for host, modules in _gpt_layout(model, "gpt2").items():
-        layout[host] = layout[host] + modules
-    return layout
 
 
 def _lora_entries(model, name: str):
@@ -122,24 +58,19 @@ def _lora_entries(model, name: str):
 
 # ---------------------------------------------------------------- export
 
-def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str = "default",
+def save_hf_peft(model, spec: HFPeftSpec, directory: str, base_model_name_or_path: str, name: str = "default",
                  model_type: str | None = None) -> dict:
     """Write adapter ``name`` of ``model`` as an HF PEFT LoRA adapter directory; returns the config written.
 
-    ``model_type`` ("gpt2", "llama", "mistral", "qwen2") picks the HF module names; by default the
-    family the model was loaded from. The file holds only LoRA A/B weights (no embeddings, lm_head
-    or biases), one ``r`` and one ``lora_alpha``, as both peft and vLLM load it.
+    ``spec`` is the model family's HF layout; ``model_type`` (e.g. "llama", "gpt2", "t5") picks the HF
+    module names, by default the family the model was loaded from. The file holds only LoRA A/B weights
+    (no embeddings, lm_head or biases), one ``r`` and one ``lora_alpha``, as both peft and vLLM load it.
     """
-    model = _unwrap(model)
-    if _is_t5(model):
-        from nemo_peft.convert.hf_t5 import SUPPORTED as T5_SUPPORTED
-
-        model_type, supported = model_type or model.config.extra.get("model_type") or "t5", T5_SUPPORTED
-    else:
-        model_type, supported = model_type or infer_model_type(model.config), SUPPORTED
-    if model_type not in supported:
-        raise ValueError(f"Cannot name modules for model_type {model_type!r}; supported: {', '.join(supported)}.")
-    layout = _layout(model, model_type)
+    model_type = model_type or spec.default_model_type(model)
+    if model_type not in spec.model_types:
+        raise ValueError(f"Cannot name modules for model_type {model_type!r}; supported: "
+                         f"{', '.join(spec.model_types)}.")
+    layout = spec.layout(model, model_type)
     modules = []  # (HF module path, A [r, in], B [out, r], scale)
     rslora = set()
     for path, block, host, adapter in _lora_entries(model, name):
@@ -173,12 +104,12 @@ def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str 
         tensors[f"{PREFIX}{hf_path}.lora_B.weight"] = b.to(dtype).contiguous()
     configs = model.adapter_configs(name)
     config = {
-        "peft_type": "LORA", "task_type": "SEQ_2_SEQ_LM" if _is_t5(model) else "CAUSAL_LM",
+        "peft_type": "LORA", "task_type": spec.task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "r": r, "lora_alpha": alpha, "use_rslora": use_rslora,
         "lora_dropout": max((getattr(c, "dropout", 0.0) for c in configs), default=0.0),
         "target_modules": _target_modules(layout, [m[0] for m in modules]),
-        "fan_in_fan_out": model_type == "gpt2", "bias": "none", "use_dora": False, "modules_to_save": None,
+        "fan_in_fan_out": model_type in spec.conv1d_model_types, "bias": "none", "use_dora": False, "modules_to_save": None,
         "init_lora_weights": True, "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {},
         "layers_to_transform": None, "layers_pattern": None, "revision": None,
     }
@@ -208,20 +139,20 @@ def _target_modules(layout: dict, written: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- import
 
-def load_hf_peft(model, directory: str, name: str = "default") -> str:
-    """Load an HF PEFT LoRA adapter directory into ``model`` as adapter ``name`` (exactly).
+def load_hf_peft(model, spec: HFPeftSpec, directory: str, name: str = "default") -> str:
+    """Load an HF PEFT LoRA adapter directory into ``model`` (laid out as ``spec`` says) as adapter
+    ``name``, exactly.
 
     The q/k/v (gate/up) LoRAs of a layer become one part-wise adapter on the fused host. If
     ``name`` already exists its layout must fit (same modules and parts, rank at least the file's);
     otherwise it is created from a config derived from the file. Returns ``name``.
     """
-    model = _unwrap(model)
     config, tensors = read_hf_peft(directory)
     source = os.path.join(str(directory), CONFIG_NAME)
     check_config(config, source)
     modules = parse_lora_tensors(config, tensors, source)
-    where = {hf_path: (host, start, size) for host, entries in _layout(model).items()
-             for hf_path, start, size in entries}
+    layout = spec.layout(model, None)
+    where = {hf_path: (host, start, size) for host, entries in layout.items() for hf_path, start, size in entries}
     # group by our host: host path -> [(row start, rows, A, B, scale, HF module)]
     hosts = defaultdict(list)
     for module, (a, b, scale) in modules.items():
@@ -253,7 +184,8 @@ def load_hf_peft(model, directory: str, name: str = "default") -> str:
         plan[host] = (slices, dim, scale, [(a, b, s) for _, _, a, b, s, _ in entries],
                       model.get_submodule(host).out_features)
     if name not in model.adapter_names:
-        model.add_adapter(_configs_for(plan, model, rslora, float(config.get("lora_dropout") or 0.0)), name)
+        model.add_adapter(_configs_for(plan, model, spec, layout, rslora, float(config.get("lora_dropout") or 0.0)),
+                          name)
         for *_, adapter in _lora_entries(model, name):
             adapter.train(model.training)  # new modules start in train mode: no dropout in an eval model
     _copy_in(model, plan, name, source)
@@ -265,38 +197,37 @@ def _part_names(block, host: str, slices) -> list[str]:
     return [inverse.get(s) for s in slices]
 
 
-def _targets(model, host_path: str, slices, out_features: int) -> tuple[str, ...]:
-    """Target names that select exactly ``slices`` of one host: the host (or, in GPT models, the
-    HF part names, to be combined with layer_selection); in T5 models, its path (plus the part)."""
+def _targets(model, spec: HFPeftSpec, host_path: str, slices, out_features: int) -> tuple[str, ...]:
+    """Target names that select exactly ``slices`` of one host: with ``spec.part_targets``, the host
+    or its parts' HF names (combined with layer_selection); else its path (plus the part)."""
     block_path, host = host_path.rsplit(".", 1)
     parts = _part_names(model.get_submodule(block_path), host, slices)
     whole = slices == [(0, out_features)]
     if not whole and None in parts:
         raise ValueError(f"LoRA rows {slices} of {host_path} do not match its parts.")
-    if _is_t5(model):
+    if spec.part_targets is None:
         return (host_path,) if whole else tuple(f"{host_path}.{p}" for p in parts)
-    if whole:
-        return (host,)
-    hf = {p: s.rsplit(".", 1)[1] for s, p in _LLAMA[host] if p}
-    return tuple(hf[p] for p in parts)
+    return (host,) if whole else tuple(spec.part_targets[host][p] for p in parts)
 
 
-def _configs_for(plan: dict, model, rslora: bool, dropout: float) -> list[LoraPEFTConfig]:
-    """One LoraPEFTConfig per (dim, scale) in T5 models (exact module paths as targets), per
-    (host, parts, dim, scale) in GPT models (HF names and the layers they cover)."""
+def _configs_for(plan: dict, model, spec: HFPeftSpec, layout: dict, rslora: bool,
+                 dropout: float) -> list[LoraPEFTConfig]:
+    """One LoraPEFTConfig per (dim, scale) with exact module paths as targets, or, with
+    ``spec.part_targets``, per (host, parts, dim, scale) with the layers they cover."""
+    by_path = spec.part_targets is None
     groups = defaultdict(list)
     for host_path, (slices, dim, scale, _, out_features) in plan.items():
-        targets = _targets(model, host_path, slices, out_features)
-        if _is_t5(model):
+        targets = _targets(model, spec, host_path, slices, out_features)
+        if by_path:
             groups[((), dim, scale)] += targets
         else:
             groups[(targets, dim, scale)].append(_layer_of(host_path) + 1)
-    n_layers = len(model.decoder.layers)
+    n_layers = len({_layer_of(path) for path in layout})
     cfgs = []
     for (targets, dim, scale), members in sorted(groups.items(), key=lambda kv: (kv[1][0], kv[0][0])):
         common = dict(dim=dim, alpha=scale * (math.sqrt(dim) if rslora else dim), dropout=dropout,
                       use_rslora=rslora, lora_B_init_method="zero")
-        if _is_t5(model):
+        if by_path:
             cfgs.append(LoraPEFTConfig(target_modules=sorted(members), **common))
         else:
             cfgs.append(LoraPEFTConfig(target_modules=list(targets), **common,

@@ -8,7 +8,7 @@ of this package, imported by ``families/__init__.py``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -22,15 +22,19 @@ class ModelFamily:
     sft_module_cls: type  # the Lightning module that trains, evaluates and generates
     data_module_cls: type  # the Lightning data module; its ``dataset_keys`` are the data options
     data_preset: str  # the conf/data option to copy, for messages
-    make_data_module: Callable  # (data_module_cls, tokenizer, model, splits) -> data module
-    scratch_ids: Callable  # tokenizer -> the special-id fields of a from-scratch config
-    native_format: str  # ``format`` in our own model directories
+    # config field -> tokenizer attribute, for a from-scratch config (vocab_size, eos and pad are common)
+    scratch_ids: dict[str, str]
     hf_model_types: tuple[str, ...]  # transformers ``model_type`` values this family reads and writes
     load_hf: Callable  # (directory, dtype) -> (model, tokenizer | None)
     save_hf: Callable  # (model, directory, tokenizer, model_type=None) -> None
     hf_peft: object  # convert.hf_peft.HFPeftSpec: how LoRA hosts map onto HF module names
     load_gguf: Callable | None = None  # (path, dtype) -> (model, tokenizer), or None: no GGUF files
-    extra: dict = field(default_factory=dict)
+    data_module_args: Callable = lambda model: {}  # what the data module needs from the model
+
+    @property
+    def native_format(self) -> str:
+        """``format`` in our own model directories."""
+        return f"nemo_peft_{self.name}"
 
 
 FAMILIES: dict[str, ModelFamily] = {}

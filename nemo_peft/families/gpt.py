@@ -9,20 +9,9 @@ from nemo_peft.models.gpt import GPTConfig, GPTModel
 from nemo_peft.models.gpt_sft import GPTSFTModel
 
 GPT = register(ModelFamily(
-    name="gpt",
-    kind="decoder-only (GPT)",
-    model_cls=GPTModel,
-    config_cls=GPTConfig,
-    sft_module_cls=GPTSFTModel,
-    data_module_cls=SFTDataModule,
-    data_preset="date_reformat",
-    make_data_module=lambda cls, tokenizer, model, splits: cls(tokenizer, **splits),
-    scratch_ids=lambda tok: {"vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
-                             "bos_token_id": tok.bos_id},
-    native_format="nemo_peft_gpt",
-    hf_model_types=SUPPORTED,
-    load_hf=load_hf,
-    save_hf=save_hf,
-    hf_peft=GPT_PEFT_SPEC,
-    load_gguf=load_gguf,
+    name="gpt", kind="decoder-only (GPT)", model_cls=GPTModel, config_cls=GPTConfig,
+    sft_module_cls=GPTSFTModel, data_module_cls=SFTDataModule, data_preset="date_reformat",
+    scratch_ids={"bos_token_id": "bos_id"},
+    hf_model_types=SUPPORTED, load_hf=load_hf, save_hf=save_hf, hf_peft=GPT_PEFT_SPEC,
+    load_gguf=load_gguf,  # llama.cpp files of the llama and qwen2 architectures
 ))

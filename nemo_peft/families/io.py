@@ -2,13 +2,13 @@
 adapters (native or Hugging Face PEFT) and exports. Each call asks the model's family."""
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 
 from nemo_peft.convert import hf_peft, native
 from nemo_peft.convert.gguf import gguf_default_path
+from nemo_peft.convert.hf_dir import read_json
 from nemo_peft.core.adapter_io import is_hf_peft_config, read_config
 from nemo_peft.families.base import FAMILIES, family_of, family_of_format, family_of_hf_type, unwrap
 
@@ -21,14 +21,7 @@ def _read_config_json(path: str) -> dict:
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{path!r} is not a model directory: it has no config.json. Pass {_KINDS} "
                          "(config.json + model.safetensors, as written by save_pretrained).")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path!r} is not valid JSON ({e}).") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{cfg_path!r} holds a JSON {type(cfg).__name__}, not a model config.")
-    return cfg
+    return read_json(cfg_path)
 
 
 def load_pretrained(path: str | None, dtype: torch.dtype = torch.float32):

@@ -6,22 +6,10 @@ from nemo_peft.models.t5 import T5Config, T5Model
 from nemo_peft.models.t5_sft import T5SFTModel
 
 T5 = register(ModelFamily(
-    name="t5",
-    kind="encoder-decoder (T5)",
-    model_cls=T5Model,
-    config_cls=T5Config,
-    sft_module_cls=T5SFTModel,
-    data_module_cls=Seq2SeqDataModule,
-    data_preset="date_reformat_t5",
-    # the decoder starts from the model's own start token
-    make_data_module=lambda cls, tokenizer, model, splits: cls(tokenizer, model.config.decoder_start_token_id,
-                                                               **splits),
-    # T5 has no BOS; decoding starts from the pad token
-    scratch_ids=lambda tok: {"vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id,
-                             "decoder_start_token_id": tok.pad_id},
-    native_format="nemo_peft_t5",
-    hf_model_types=SUPPORTED,
-    load_hf=load_hf_t5,
-    save_hf=save_hf_t5,
-    hf_peft=T5_PEFT_SPEC,
+    name="t5", kind="encoder-decoder (T5)", model_cls=T5Model, config_cls=T5Config,
+    sft_module_cls=T5SFTModel, data_module_cls=Seq2SeqDataModule, data_preset="date_reformat_t5",
+    # the decoder's inputs start with the model's own start token
+    data_module_args=lambda model: {"decoder_start_id": model.config.decoder_start_token_id},
+    scratch_ids={"decoder_start_token_id": "pad_id"},  # T5 has no BOS; decoding starts from the pad token
+    hf_model_types=SUPPORTED, load_hf=load_hf_t5, save_hf=save_hf_t5, hf_peft=T5_PEFT_SPEC,
 ))

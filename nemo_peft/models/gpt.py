@@ -20,9 +20,9 @@ class GPTConfig(ModelConfig):
     """Megatron-style names. Defaults give a tiny Llama-like model."""
 
     vocab_size: int = 256
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_attention_heads: int = 4
+    hidden_size: int = 64  # HF: hidden_size (n_embd in GPT-2)
+    num_layers: int = 2  # HF: num_hidden_layers (n_layer)
+    num_attention_heads: int = 4  # HF: num_attention_heads (n_head)
     num_query_groups: int | None = None  # KV heads for GQA; None = num_attention_heads
     kv_channels: int | None = None  # head dim; None = hidden_size // num_attention_heads
     ffn_hidden_size: int = 128

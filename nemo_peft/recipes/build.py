@@ -21,7 +21,9 @@ def to_dict(node) -> dict:
 def _scratch_model(family, scratch: dict, tokenizer: Tokenizer):
     """A fresh random model of ``family`` whose special ids are the byte-level tokenizer's."""
     try:
-        return family.model_cls(family.config_cls.from_dict({**family.scratch_ids(tokenizer), **scratch}))
+        ids = {"vocab_size": tokenizer.vocab_size, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+        ids.update({field: getattr(tokenizer, attr) for field, attr in family.scratch_ids.items()})
+        return family.model_cls(family.config_cls.from_dict({**ids, **scratch}))
     except ValueError as e:  # name the options that belong to another family
         own = family.config_cls.__dataclass_fields__
         hints = []
@@ -89,7 +91,7 @@ def build_data(data_cfg: DictConfig, tokenizer, model):
                 raise ValueError(f"data.{split} has {foreign}, options of {other.kind} data; this {family.kind} model "
                                  f"reads {', '.join(family.data_module_cls.dataset_keys)} instead. Use "
                                  f"data={family.data_preset} as a template.")
-    return family.make_data_module(family.data_module_cls, tokenizer, unwrap(model), splits)
+    return family.data_module_cls(tokenizer, **family.data_module_args(unwrap(model)), **splits)
 
 
 def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: DictConfig | None = None) -> L.Trainer:

@@ -28,7 +28,7 @@ def run(tiny_task, out_dir, stop_after=None, ckpt=None):
     L.seed_everything(0, verbose=False)
     module = build_model(OmegaConf.create(MODEL))
     data = build_data(OmegaConf.create({"train_ds": {"file_names": [tiny_task["train"]], "micro_batch_size": 8,
-                                                     "max_seq_length": 32}}), module.tokenizer)
+                                                     "max_seq_length": 32}}), module.tokenizer, module.model)
     trainer_cfg = OmegaConf.create({"accelerator": "cpu", "max_epochs": 4, "logger": False,
                                     "enable_progress_bar": False, "enable_model_summary": False,
                                     "limit_val_batches": 0})
