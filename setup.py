@@ -19,7 +19,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate", "torchao>=0.10", "import-linter>=2.0"],
+        "test": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate", "torchao>=0.10", "import-linter>=2.0", "hypothesis>=6.0"],
         "quant": ["torchao>=0.10"],  # QLoRA's 4-bit NF4 base weights (nemo_peft.peft.qlora)
         "dev": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate"],
     },

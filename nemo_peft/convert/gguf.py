@@ -27,6 +27,7 @@ from nemo_peft.modules.rope import rope_inv_freq
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_ARCHS = ("llama", "qwen2")
 _PERMUTED_QK = {"llama": True, "qwen2": False}  # does llama.cpp permute Q/K rows for this arch?
+_RMS_EPS_DEFAULT = {"llama": 1e-5, "qwen2": 1e-6}  # when the file has no layer_norm_rms_epsilon
 
 
 def gguf_default_path() -> str:
@@ -170,7 +171,7 @@ def build_config(meta: dict, tensors: dict, path: str = "") -> GPTConfig:
         rotary_base=base,
         rope_scaling=_rope_scaling(meta, arch, tensors, head_dim, base),
         normalization="RMSNorm",
-        layernorm_epsilon=float(key("attention.layer_norm_rms_epsilon", 1e-6 if arch == "qwen2" else 1e-5)),
+        layernorm_epsilon=float(key("attention.layer_norm_rms_epsilon", _RMS_EPS_DEFAULT[arch])),
         activation="silu",
         gated_linear_unit=True,
         add_bias_linear=False,

@@ -5,10 +5,11 @@ import functools
 from collections.abc import Mapping
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from nemo_peft.data.collate import collate_sft
-from nemo_peft.data.sampler import EpochShuffleSampler
+from nemo_peft.data.sampler import EpochShuffleSampler, ResumableDataLoader
 from nemo_peft.data.sft_dataset import SFTDataset
 from nemo_peft.data.tokenizer import Tokenizer
 
@@ -95,12 +96,17 @@ class SFTDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split)
         cfg = self.configs[split]
-        return DataLoader(
+        seed = int(cfg["seed"])
+        # Resumable: Lightning checkpoints the train loader's position (epoch + samples consumed).
+        # A private generator for the workers' base seed: creating an iterator then draws nothing
+        # from the global RNG, which dropout uses and checkpoints restore.
+        return ResumableDataLoader(
             dataset,
             batch_size=int(cfg["micro_batch_size"]),
-            sampler=EpochShuffleSampler(len(dataset), seed=int(cfg["seed"]), shuffle=bool(cfg["shuffle"])),
+            sampler=EpochShuffleSampler(len(dataset), seed=seed, shuffle=bool(cfg["shuffle"])),
             collate_fn=self.collate_fn(),
             num_workers=int(cfg["num_workers"]),
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def collate_fn(self):

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 from nemo_peft.data.collate import collate_seq2seq
 from nemo_peft.data.datamodule import SFTDataModule
-from nemo_peft.data.jsonl import (JsonlDataset, check_max_num_samples, check_special_token, file_name_list,
-                                  read_jsonl_records)
+from nemo_peft.data.jsonl import (JsonlDataset, check_max_num_samples, check_special_token, check_text_fields,
+                                  file_name_list, read_jsonl_records)
 from nemo_peft.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Seq2SeqDataset(JsonlDataset):
                 raise ValueError(f"{where}: record has no {role} field {key!r} (keys present: "
                                  f"{sorted(record)}). Set {option} to the field holding the {role}, or add the "
                                  "field to the data.")
+        check_text_fields(record, where, {self.context_key: "context_key", self.label_key: "label_key"})
 
     # --- tokenization ---------------------------------------------------------------------
     def make_item(self, record: dict, input_ids: list[int], label_ids: list[int]) -> dict:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import string
 
-from nemo_peft.data.jsonl import (JsonlDataset, check_max_num_samples, check_special_token, file_name_list,
-                                  read_jsonl_records)
+from nemo_peft.data.jsonl import (JsonlDataset, check_max_num_samples, check_special_token, check_text_fields,
+                                  file_name_list, read_jsonl_records)
 from nemo_peft.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,13 @@ class SFTDataset(JsonlDataset):
             raise ValueError(f"prompt_template {self.prompt_template!r}: the label placeholder {placeholder} "
                              "must be the last placeholder (everything before it is the prompt at "
                              "generation time); move the other placeholders before it.")
+        for _, field, spec, conversion in parsed:  # every field is text: a numeric spec such as :d cannot apply
+            if field is not None:
+                try:
+                    _format_value("", conversion, spec)
+                except ValueError as e:
+                    raise ValueError(f"prompt_template {self.prompt_template!r}: the format of {{{field}}} does not "
+                                     f"apply to text ({e}); record fields are strings.") from None
         label_index = next(i for i, p in enumerate(parsed) if p[1] == self.label_key)
         # the literal text just before the label belongs to the context
         self._context_pieces = parsed[:label_index] + [(parsed[label_index][0], None, None, None)]
@@ -123,6 +130,8 @@ class SFTDataset(JsonlDataset):
                 raise ValueError(f"{where}: prompt_template uses {{{field}}} but the record has "
                                  f"no field {field!r} (keys present: {sorted(record)}). Fix the data or "
                                  "change prompt_template.")
+        check_text_fields(record, where, {**{f: "prompt_template" for f in self.context_fields},
+                                          self.label_key: "label_key"})
 
     # --- tokenization ---------------------------------------------------------------------
     def make_item(self, record: dict, context_ids: list[int], answer_ids: list[int]) -> dict:

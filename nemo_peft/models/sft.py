@@ -4,13 +4,19 @@ adapter-only checkpoints. A family's module (``gpt_sft.py``, ``t5_sft.py``) adds
 its model reads a batch and how it generates."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import lightning as L
 import torch
 
 from nemo_peft.models.generation import SamplingParams
+
+# An adapter weight this large means training diverges (finite, so the guard below misses it).
+WEIGHT_WARN_MAGNITUDE = 1e4
 
 
 @dataclass
@@ -65,6 +71,7 @@ class SFTModule(L.LightningModule):
         self.eval_exact_match = eval_exact_match
         self.strict_loading = False  # our checkpoints hold adapter weights only
         self._em = {"correct": 0, "total": 0}
+        self._warned_magnitude = False
 
     # ---- adapters: the wrapped model owns them ----
     def add_adapter(self, peft_cfgs, name: str = "default"):
@@ -97,6 +104,8 @@ class SFTModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
+        if not bool(torch.isfinite(loss)):
+            self._stop_non_finite(f"the loss is {loss.item()}")
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss
@@ -161,6 +170,50 @@ class SFTModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, self.optim))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # ---- non-finite guard: stop before a NaN/inf reaches the weights or a checkpoint ----
+    def _trained(self, optimizer) -> list[torch.Tensor]:
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def on_before_optimizer_step(self, optimizer):
+        # With a GradScaler (16-mixed) inf gradients are expected: the scaler skips that step.
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [p.grad for p in self._trained(optimizer) if p.grad is not None]
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads)
+            if not bool(torch.isfinite(norm)):
+                self._stop_non_finite(f"the gradient norm is {norm.item()}")
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        params = [p for p in self._trained(optimizer) if p.numel()]
+        if not params:
+            return
+        with torch.no_grad():  # amax propagates NaN, so one reduction checks both
+            peak = torch.stack([p.detach().abs().amax().float() for p in params]).amax().item()
+        if not math.isfinite(peak):
+            self._stop_non_finite("an adapter weight became non-finite after the optimizer step")
+        if peak > WEIGHT_WARN_MAGNITUDE and not self._warned_magnitude:
+            self._warned_magnitude = True
+            warnings.warn(f"An adapter weight reached magnitude {peak:.3g} at global step {self.trainer.global_step} "
+                          f"(lr {self._lr():.3g}): training is likely diverging; lower model.optim.lr.", stacklevel=2)
+
+    def _lr(self) -> float:
+        optimizers = self.trainer.optimizers if self._trainer else []
+        return float(optimizers[0].param_groups[0]["lr"]) if optimizers else self.optim.lr
+
+    def _stop_non_finite(self, what: str):
+        step = self.trainer.global_step
+        last = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks
+                if getattr(cb, "last_model_path", "") and os.path.isfile(cb.last_model_path)]
+        saved = (f"The last good checkpoint is {last[0]!r}; resume from it with a lower lr "
+                 f"(exp_manager.resume_from_checkpoint=...)." if last else
+                 "No checkpoint has been written in this run.")
+        raise FloatingPointError(
+            f"Training stopped at global step {step} (lr {self._lr():.3g}): {what}. No adapter or checkpoint with "
+            f"non-finite values was written. {saved} Lower model.optim.lr or add warmup (model.optim.warmup_steps)."
+        )
+
     # ---- checkpoints: adapters and optimizer state only ----
     def on_save_checkpoint(self, checkpoint):
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
@@ -176,15 +229,39 @@ class SFTModule(L.LightningModule):
             checkpoint["nemo_peft_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint):
-        saved = checkpoint.get("nemo_peft_adapters", {})
-        missing = sorted(set(saved) - set(self.model.adapter_names))
-        if missing:
+        diffs = adapter_config_diffs(checkpoint.get("nemo_peft_adapters", {}), self.model)
+        if diffs:
             raise ValueError(
-                f"The checkpoint holds adapter(s) {missing} that this model lacks; add them "
-                "(same model.peft config as the run that saved it) before resuming."
+                "The checkpoint's adapters differ from this model's (saved -> now):\n  " + "\n  ".join(diffs)
+                + "\nResume with the same model.peft config as the run that saved the checkpoint; "
+                "trainer options (e.g. trainer.max_steps) may change."
             )
         rng = checkpoint.get("nemo_peft_rng", {})
         if "cpu" in rng:
             torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, default=str))  # tuples -> lists, as a checkpoint round trip gives
+
+
+def adapter_config_diffs(saved: dict, model) -> list[str]:
+    """``name (method) field: saved -> now`` for every adapter config field that differs."""
+    now = {n: [c.to_dict() for c in model.adapter_configs(n)] for n in model.adapter_names}
+    diffs = []
+    for name in list(saved) + [n for n in now if n not in saved]:
+        if name not in now or name not in saved:
+            where = "the checkpoint" if name in saved else "this model"
+            diffs.append(f"adapter {name!r}: only in {where}")
+            continue
+        old, new = _plain(saved[name]), _plain(now[name])
+        if [c.get("method") for c in old] != [c.get("method") for c in new]:
+            diffs.append(f"{name} method: {[c.get('method') for c in old]} -> {[c.get('method') for c in new]}")
+            continue
+        for a, b in zip(old, new):
+            for key in list(a) + [k for k in b if k not in a]:
+                if a.get(key, "(unset)") != b.get(key, "(unset)"):
+                    diffs.append(f"{name} ({a['method']}) {key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+    return diffs

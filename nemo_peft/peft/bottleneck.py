@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.modules.norm import RMSNorm
-from nemo_peft.peft.base import PEFTConfig, SlotContext, register
+from nemo_peft.peft.base import (PEFTConfig, SlotContext, check_choice, check_layer_selection, check_number,
+                                  option_error, register)
 from nemo_peft.peft.lora import INIT_METHODS, init_tensor
 
 ACTIVATIONS = {"swish": F.silu, "silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh,
@@ -66,19 +67,18 @@ class BottleneckAdapterPEFTConfig(PEFTConfig):
     layer_selection: list[int] | None = None
 
     def __post_init__(self):
-        checks = [("activation", self.activation, ACTIVATIONS), ("norm_position", self.norm_position,
-                  ("pre", "post", "none")), ("norm_type", self.norm_type, NORM_TYPES),
-                  ("column_init_method", self.column_init_method, INIT_METHODS),
-                  ("row_init_method", self.row_init_method, INIT_METHODS)]
-        for name, value, valid in checks:
-            if value not in valid:
-                raise ValueError(f"{name}={value!r} is not valid; choose from {sorted(valid)}.")
+        for name, valid in (("activation", ACTIVATIONS), ("norm_position", ("pre", "post", "none")),
+                            ("norm_type", NORM_TYPES), ("column_init_method", INIT_METHODS),
+                            ("row_init_method", INIT_METHODS)):
+            check_choice(self, name, valid)
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         unknown = [t for t in self.target_modules if t not in SLOTS]
-        if unknown or self.adapter_dim <= 0:
-            raise ValueError(f"Bad bottleneck adapter config: target_modules {unknown} (valid: {sorted(SLOTS)}), "
-                             f"adapter_dim={self.adapter_dim} (must be > 0).")
+        if unknown or not self.target_modules:
+            raise option_error(self, "target_modules", f"{unknown or '[]'} are not valid; choose from {sorted(SLOTS)}")
+        check_number(self, "adapter_dim", integer=True, at_least=1)
+        check_number(self, "adapter_dropout", at_least=0, below=1)
+        check_layer_selection(self)
 
     def build_adapters(self, slots: list[SlotContext]):
         wanted = {SLOTS[t] for t in self.target_modules}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nemo_peft.core.slots import host_parts
-from nemo_peft.peft.base import PEFTConfig, SlotContext, register
+from nemo_peft.peft.base import PEFTConfig, SlotContext, check_layer_selection, register
 
 # target name (ours, NeMo-ish and Hugging Face) -> slot
 IA3_TARGETS = {"key": "ia3_key", "value": "ia3_value", "mlp": "ia3_mlp",
@@ -59,6 +59,7 @@ class IA3PEFTConfig(PEFTConfig):
         unknown = [t for t in self.target_modules if t not in IA3_TARGETS]
         if unknown or not self.target_modules:
             raise ValueError(f"IA3 target_modules {unknown or '[]'} are not valid; choose from {sorted(IA3_TARGETS)}.")
+        check_layer_selection(self)
 
     def build_adapters(self, slots: list[SlotContext]):
         wanted = {IA3_TARGETS[t] for t in self.target_modules}

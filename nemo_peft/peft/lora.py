@@ -18,7 +18,8 @@ from torch import nn
 
 from nemo_peft.core.slots import host_parts
 from nemo_peft.peft import combine
-from nemo_peft.peft.base import PEFTConfig, SlotContext, register
+from nemo_peft.peft.base import (PEFTConfig, SlotContext, check_choice, check_flag, check_layer_selection,
+                                  check_number, is_number, option_error, register)
 from nemo_peft.peft.targets import known_names_message, select_parts
 
 INIT_METHODS = ("xavier", "kaiming", "normal", "zero")
@@ -193,20 +194,21 @@ class LoraPEFTConfig(PEFTConfig):
     def __post_init__(self):
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
-        self.target_modules = list(self.target_modules)
-        if not self.target_modules:
-            raise ValueError("LoraPEFTConfig.target_modules is empty; name at least one module, e.g. ['linear_qkv'].")
-        if self.dim <= 0:
-            raise ValueError(f"LoRA dim must be positive, got {self.dim}.")
-        if self.dropout_position not in ("pre", "post"):
-            raise ValueError(f"dropout_position={self.dropout_position!r}; use 'pre' or 'post'.")
-        for m in (self.lora_A_init_method, self.lora_B_init_method):
-            if m not in INIT_METHODS:
-                raise ValueError(f"Unknown init method {m!r}; choose one of {INIT_METHODS}.")
-        if self.layer_selection is not None:
-            self.layer_selection = [int(i) for i in self.layer_selection]
-        self.rank_pattern = _check_pattern("rank_pattern", self.rank_pattern, int)
-        self.alpha_pattern = _check_pattern("alpha_pattern", self.alpha_pattern, float)
+        targets = list(self.target_modules) if hasattr(self.target_modules, "__iter__") else []
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise option_error(self, "target_modules", "name at least one module, each a non-empty string, "
+                               "e.g. ['linear_qkv']")
+        self.target_modules = targets
+        check_number(self, "dim", integer=True, at_least=1)
+        check_number(self, "alpha", above=0)
+        check_number(self, "dropout", at_least=0, below=1)
+        check_choice(self, "dropout_position", ("pre", "post"))
+        check_choice(self, "lora_A_init_method", INIT_METHODS)
+        check_choice(self, "lora_B_init_method", INIT_METHODS)
+        check_flag(self, "use_rslora")
+        check_layer_selection(self)
+        self.rank_pattern = _check_pattern(self, "rank_pattern", int)
+        self.alpha_pattern = _check_pattern(self, "alpha_pattern", float)
 
     def make_adapter(self, ctx: SlotContext, slices: list[tuple[int, int]], dim: int, alpha: float) -> nn.Module:
         """The adapter for one host: an ``adapter_class`` (DoRA, which needs the block too, overrides this)."""
@@ -297,16 +299,17 @@ class LoraPEFTConfig(PEFTConfig):
         return distinct.pop()
 
 
-def _check_pattern(what: str, patterns, kind) -> dict | None:
+def _check_pattern(cfg: LoraPEFTConfig, what: str, kind) -> dict | None:
+    patterns = getattr(cfg, what)
     if patterns is None:
         return None
     if not hasattr(patterns, "items"):
-        raise ValueError(f"{what} must be a mapping {{target: value}}, got {type(patterns).__name__}.")
+        raise option_error(cfg, what, "must be a mapping {target: value}")
     out = {}
     for key, value in patterns.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise ValueError(f"{what}[{key!r}] = {value!r}; expected {'an integer' if kind is int else 'a number'}.")
+        if not is_number(value) or (kind is int and value != int(value)):
+            raise option_error(cfg, what, f"expected {'an integer' if kind is int else 'a number'}", item=key)
         if value <= 0:
-            raise ValueError(f"{what}[{key!r}] = {value!r}; it must be positive.")
+            raise option_error(cfg, what, "must be > 0 (it is a rank or an alpha)", item=key)
         out[str(key)] = kind(value)
     return out

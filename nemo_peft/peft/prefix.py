@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nemo_peft.peft.base import PEFTConfig, SlotContext, register
+from nemo_peft.peft.base import PEFTConfig, SlotContext, check_flag, check_layer_selection, check_number, register
 
 
 class PrefixKV(nn.Module):
@@ -58,12 +58,11 @@ class PrefixTuningPEFTConfig(PEFTConfig):
     aliases = {"virtual_tokens": "num_virtual_tokens"}
 
     def __post_init__(self):
-        if int(self.num_virtual_tokens) <= 0:
-            raise ValueError(f"Prefix tuning num_virtual_tokens must be positive, got {self.num_virtual_tokens}.")
-        if self.prefix_projection and int(self.encoder_hidden_size) <= 0:
-            raise ValueError(f"Prefix tuning encoder_hidden_size must be positive, got {self.encoder_hidden_size}.")
-        if self.layer_selection is not None:
-            self.layer_selection = [int(i) for i in self.layer_selection]
+        check_number(self, "num_virtual_tokens", integer=True, at_least=1)
+        check_flag(self, "prefix_projection")
+        if self.prefix_projection:  # the MLP's width; unused without the projection
+            check_number(self, "encoder_hidden_size", integer=True, at_least=1)
+        check_layer_selection(self)
 
     def build_adapters(self, slots: list[SlotContext]):
         built = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nemo_peft.peft.base import PEFTConfig, SlotContext, register
+from nemo_peft.peft.base import PEFTConfig, SlotContext, check_choice, check_number, is_number, option_error, register
 
 INIT_METHODS = ("random", "vocab", "text")
 _INIT_ALIASES = {"sample_vocab": "vocab"}  # Hugging Face PEFT's PromptTuningInit names (any case)
@@ -62,14 +62,18 @@ class PromptTuningPEFTConfig(PEFTConfig):
     def __post_init__(self):
         self.init = str(self.init).lower()
         self.init = _INIT_ALIASES.get(self.init, self.init)
-        if self.init not in INIT_METHODS:
-            raise ValueError(f"Prompt tuning init={self.init!r}; choose from {list(INIT_METHODS)}.")
-        if int(self.virtual_tokens) <= 0:
-            raise ValueError(f"Prompt tuning virtual_tokens must be positive, got {self.virtual_tokens}.")
-        if self.init == "random" and self.init_std <= 0:
-            raise ValueError(f"Prompt tuning init_std must be positive, got {self.init_std}.")
+        check_choice(self, "init", INIT_METHODS)
+        check_number(self, "virtual_tokens", integer=True, at_least=1)
+        if self.init == "random":  # unused by the other inits
+            check_number(self, "init_std", above=0)
+        if self.init_text is not None and not isinstance(self.init_text, str):
+            raise option_error(self, "init_text", "must be a string (or null)")
         if self.init_token_ids is not None:
-            self.init_token_ids = [int(i) for i in self.init_token_ids]
+            ids = self.init_token_ids
+            if isinstance(ids, str) or not hasattr(ids, "__iter__") or not all(
+                    is_number(i) and i == int(i) and i >= 0 for i in ids):
+                raise option_error(self, "init_token_ids", "must be a list of token ids (integers >= 0)")
+            self.init_token_ids = [int(i) for i in ids]
 
     @classmethod
     def from_section(cls, options: dict, tokenizer=None) -> "PromptTuningPEFTConfig":

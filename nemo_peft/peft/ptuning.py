@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nemo_peft.peft.base import PEFTConfig, SlotContext, register
+from nemo_peft.peft.base import PEFTConfig, SlotContext, check_choice, check_number, register
 
 ENCODER_TYPES = ("mlp", "lstm")
 
@@ -145,13 +145,10 @@ class PtuningPEFTConfig(PEFTConfig):
 
     def __post_init__(self):
         self.encoder_type = str(self.encoder_type).lower()
-        if self.encoder_type not in ENCODER_TYPES:
-            raise ValueError(f"P-tuning encoder_type={self.encoder_type!r}; choose from {list(ENCODER_TYPES)}.")
+        check_choice(self, "encoder_type", ENCODER_TYPES)
         for name in ("virtual_tokens", "bottleneck_dim", "embedding_dim"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"P-tuning {name} must be positive, got {getattr(self, name)}.")
-        if self.init_std <= 0:
-            raise ValueError(f"P-tuning init_std must be positive, got {self.init_std}.")
+            check_number(self, name, integer=True, at_least=1)
+        check_number(self, "init_std", above=0)
 
     def build_adapters(self, slots: list[SlotContext]):
         built = {}

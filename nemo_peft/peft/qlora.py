@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nemo_peft.peft.base import SlotContext, register
+from nemo_peft.peft.base import SlotContext, check_choice, check_flag, check_number, option_error, register
 from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
 
 QUANT_TYPES = ("nf4",)
@@ -223,17 +223,13 @@ class QLoraPEFTConfig(LoraPEFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.quant_type not in QUANT_TYPES:
-            raise ValueError(f"quant_type={self.quant_type!r} is not supported; choose one of {QUANT_TYPES} "
-                             "(torchao provides NF4).")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype={self.compute_dtype!r}; choose one of {sorted(COMPUTE_DTYPES)}.")
-        if self.quantize_base not in QUANTIZE_BASE:
-            raise ValueError(f"quantize_base={self.quantize_base!r}; choose one of {QUANTIZE_BASE}.")
-        if int(self.block_size) != self.block_size or self.block_size <= 0 or self.block_size % 2:
-            raise ValueError(f"block_size={self.block_size!r} must be a positive even integer (64 is standard).")
-        self.block_size = int(self.block_size)
-        self.double_quant = bool(self.double_quant)
+        check_choice(self, "quant_type", QUANT_TYPES)  # torchao provides NF4
+        check_choice(self, "compute_dtype", COMPUTE_DTYPES)
+        check_choice(self, "quantize_base", QUANTIZE_BASE)
+        check_number(self, "block_size", integer=True, at_least=2)
+        if self.block_size % 2:
+            raise option_error(self, "block_size", "must be even (64 is standard)")
+        check_flag(self, "double_quant")
 
     def build_adapters(self, slots: list[SlotContext]):
         """LoRA's adapters, then the chosen host linears of the model become ``NF4Linear`` (in place, for good)."""

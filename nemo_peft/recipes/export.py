@@ -1,6 +1,12 @@
-"""The adapter export recipe behind ``examples/export.py``: our adapters <-> Hugging Face PEFT directories."""
+"""The adapter export recipe behind ``examples/export.py``: our adapters <-> Hugging Face PEFT directories,
+and the adapter held in a Lightning checkpoint -> our adapter directory (recovery)."""
 from __future__ import annotations
 
+import os
+
+import torch
+
+from nemo_peft.core import adapter_io
 from nemo_peft.families import load_adapters, load_hf_peft, load_pretrained, save_hf_peft
 
 
@@ -27,3 +33,37 @@ def from_hf_peft(base: str | None, hf_peft_dir: str, output_dir: str, name: str 
     model.save_adapters(output_dir, name)
     print(f"wrote adapter {name!r} ({len(model.adapter_configs(name))} LoRA config(s)) to {output_dir}")
     return name
+
+
+def from_checkpoint(checkpoint: str, output_dir: str, overwrite: bool = False) -> list[str]:
+    """Write the adapter(s) held in a Lightning checkpoint of examples/finetune.py (``state_dict`` keys
+    ``model.<path>.adapters.<name>.<tensor>`` + their ``nemo_peft_adapters`` configs) as an adapter
+    directory. Needs no base model; returns the adapter names."""
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"Checkpoint {checkpoint!r} does not exist; pass a .ckpt written by "
+                                "examples/finetune.py, e.g. <output_dir>/checkpoints/last.ckpt.")
+    try:  # weights_only: tensors and plain containers, never arbitrary pickled code
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"Cannot read {checkpoint!r} as a Lightning checkpoint ({type(e).__name__}: {e}); "
+                         "it is damaged or not a checkpoint of examples/finetune.py.") from None
+    configs = ckpt.get("nemo_peft_adapters") if isinstance(ckpt, dict) else None
+    if not configs or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{checkpoint!r} holds no nemo_peft adapter (no 'nemo_peft_adapters' configs or no "
+                         "'state_dict'); pass a checkpoint written by examples/finetune.py.")
+    tensors = {}
+    for key, tensor in ckpt["state_dict"].items():
+        path = key[len("model."):] if key.startswith("model.") else key
+        if ".adapters." in path and path.split(".adapters.", 1)[1].split(".", 1)[0] in configs:
+            tensors[path] = tensor
+    empty = [n for n in configs if not any(f".adapters.{n}." in k for k in tensors)]
+    if empty:
+        raise ValueError(f"{checkpoint!r} has configs for adapter(s) {empty} but no weights for them in its "
+                         "state_dict; it was not written by examples/finetune.py.")
+    if adapter_io.exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir!r} already holds an adapter; pass --overwrite to replace it (the old "
+                              "one stays until the new one is complete) or pick another --output.")
+    adapter_io.save(output_dir, configs, tensors)
+    print(f"wrote adapter(s) {list(configs)} ({len(tensors)} tensors, step {ckpt.get('global_step', '?')}) "
+          f"from {checkpoint} to {output_dir}")
+    return list(configs)

@@ -282,3 +282,19 @@ def test_weighted_combination_refuses_dora():
         with pytest.raises(ValueError, match="'d' is DoRA"):
             model.add_weighted_adapter(names, [1.0, 1.0], "mix")
     assert model.adapter_names == ["l", "d"]
+
+
+def test_weighted_combination_of_qlora_adapters_is_plain_lora():
+    pytest.importorskip("torchao")
+    from nemo_peft.peft.qlora import QLoraPEFTConfig
+
+    model = make_model("llama")
+    model.add_adapter(QLoraPEFTConfig(target_modules=["q_proj", "v_proj"], dim=2, block_size=16), name="q1")
+    model.add_adapter(QLoraPEFTConfig(target_modules=["linear_qkv"], dim=3, block_size=16), name="q2")
+    randomize_adapters(model)
+    model.set_active_adapters(["q1", "q2"])
+    both = model(IDS)
+    model.add_weighted_adapter(["q1", "q2"], [1.0, 1.0], "mix")  # dispatched by QLoraPEFTConfig
+    assert {type(c) for c in model.adapter_configs("mix")} == {LoraPEFTConfig}
+    model.set_active_adapters("mix")
+    torch.testing.assert_close(model(IDS), both, atol=1e-5, rtol=1e-5)
