@@ -24,12 +24,21 @@ class ModelFamily:
     data_preset: str  # the conf/data option to copy, for messages
     # config field -> tokenizer attribute, for a from-scratch config (vocab_size, eos and pad are common)
     scratch_ids: dict[str, str]
-    hf_model_types: tuple[str, ...]  # transformers ``model_type`` values this family reads and writes
-    load_hf: Callable  # (directory, dtype) -> (model, tokenizer | None)
-    save_hf: Callable  # (model, directory, tokenizer, model_type=None) -> None
-    hf_peft: object  # convert.hf_peft.HFPeftSpec: how LoRA hosts map onto HF module names
+    # Hugging Face interop; a family without it leaves these empty and says so when asked
+    hf_model_types: tuple[str, ...] = ()  # transformers ``model_type`` values this family reads and writes
+    load_hf: Callable | None = None  # (directory, dtype) -> (model, tokenizer | None)
+    save_hf: Callable | None = None  # (model, directory, tokenizer, model_type=None) -> None
+    hf_peft: object | None = None  # convert.hf_peft_layout.HFPeftSpec: LoRA hosts -> HF module names
     load_gguf: Callable | None = None  # (path, dtype) -> (model, tokenizer), or None: no GGUF files
     data_module_args: Callable = lambda model: {}  # what the data module needs from the model
+
+    def needs(self, what: str):
+        """The interop piece ``what`` (e.g. "save_hf"), or a clear error when this family has none."""
+        piece = getattr(self, what)
+        if piece is None:
+            raise ValueError(f"The {self.name} model family has no {what} (its descriptor in nemo_peft/families/ "
+                             "does not provide one).")
+        return piece
 
     @property
     def native_format(self) -> str:

@@ -52,7 +52,7 @@ def load_pretrained(path: str | None, dtype: torch.dtype = torch.float32):
         supported = [t for f in FAMILIES.values() for t in f.hf_model_types]
         raise ValueError(f"{path!r}: model_type={cfg['model_type']!r} is not supported; supported: "
                          f"{', '.join(supported)}.")
-    return family.load_hf(path, dtype=dtype)
+    return family.needs("load_hf")(path, dtype=dtype)
 
 
 def save_model(model, directory: str, tokenizer=None) -> None:
@@ -64,21 +64,21 @@ def save_model(model, directory: str, tokenizer=None) -> None:
 def save_hf(model, directory: str, tokenizer=None, model_type: str | None = None) -> None:
     """A transformers checkpoint of the base weights (merge adapters first to include them)."""
     model = unwrap(model)
-    family_of(model).save_hf(model, directory, tokenizer, model_type=model_type)
+    family_of(model).needs("save_hf")(model, directory, tokenizer, model_type=model_type)
 
 
 def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str = "default",
                  model_type: str | None = None) -> dict:
     """LoRA adapter ``name`` as a Hugging Face PEFT directory (``peft`` and vLLM load it)."""
     model = unwrap(model)
-    return hf_peft.save_hf_peft(model, family_of(model).hf_peft, directory, base_model_name_or_path, name,
+    return hf_peft.save_hf_peft(model, family_of(model).needs("hf_peft"), directory, base_model_name_or_path, name,
                                 model_type=model_type)
 
 
 def load_hf_peft(model, directory: str, name: str = "default") -> str:
     """A Hugging Face PEFT LoRA directory into ``model`` as adapter ``name`` (exactly)."""
     model = unwrap(model)
-    return hf_peft.load_hf_peft(model, family_of(model).hf_peft, directory, name=name)
+    return hf_peft.load_hf_peft(model, family_of(model).needs("hf_peft"), directory, name=name)
 
 
 def load_adapters(model, path: str, cfg=None, name: str | None = None) -> list[str]:
