@@ -40,7 +40,8 @@ def main():
     for scheme in [m.replace("+", ",") for m in args.methods.split(",")]:
         first = scheme.split(",")[0]
         overrides = [f"model.peft.peft_scheme='{scheme}'", f"name=compare_{scheme.replace(',', '_')}",
-                     "trainer.enable_progress_bar=false", "exp_manager.checkpoint=null"]
+                     "trainer.enable_progress_bar=false", "exp_manager.checkpoint=null",
+                     "exp_manager.overwrite=true"]  # a comparison run replaces its previous row
         if first in LR:
             overrides.append(f"model.optim.lr={LR[first]}")
         with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):

@@ -30,9 +30,10 @@ import torch
 from safetensors.torch import save_file
 
 from nemo_peft.convert.hf_peft_layout import HFPeftSpec
-from nemo_peft.convert.hf_peft_file import (CONFIG_NAME, PREFIX, WEIGHTS_NAME, check_config, parse_lora_tensors,
-                                            read_hf_peft)
+from nemo_peft.convert.hf_peft_file import (CONFIG_NAME, FINGERPRINT_NAME, PREFIX, WEIGHTS_NAME, check_config,
+                                            parse_lora_tensors, read_fingerprint, read_hf_peft)
 from nemo_peft.core.adapter_io import atomic_write
+from nemo_peft.core.fingerprint import base_fingerprint, check_base
 from nemo_peft.core.slots import host_parts
 from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
 
@@ -117,10 +118,14 @@ def save_hf_peft(model, spec: HFPeftSpec, directory: str, base_model_name_or_pat
     atomic_write(os.path.join(directory, WEIGHTS_NAME),
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-    atomic_write(os.path.join(directory, CONFIG_NAME), write_json)
+    def write_json(data):
+        def write(tmp):
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+        return write
+    # peft warns about unknown keys in adapter_config.json, so the base fingerprint has its own file
+    atomic_write(os.path.join(directory, FINGERPRINT_NAME), write_json(model.base_fingerprints([name])[name]))
+    atomic_write(os.path.join(directory, CONFIG_NAME), write_json(config))
     return config
 
 
@@ -139,7 +144,7 @@ def _target_modules(layout: dict, written: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------- import
 
-def load_hf_peft(model, spec: HFPeftSpec, directory: str, name: str = "default") -> str:
+def load_hf_peft(model, spec: HFPeftSpec, directory: str, name: str = "default", strict_base: bool = True) -> str:
     """Load an HF PEFT LoRA adapter directory into ``model`` (laid out as ``spec`` says) as adapter
     ``name``, exactly.
 
@@ -150,6 +155,8 @@ def load_hf_peft(model, spec: HFPeftSpec, directory: str, name: str = "default")
     config, tensors = read_hf_peft(directory)
     source = os.path.join(str(directory), CONFIG_NAME)
     check_config(config, source)
+    check_base(read_fingerprint(directory), base_fingerprint(model), f"HF PEFT adapter {str(directory)!r}",
+               strict_base)
     modules = parse_lora_tensors(config, tensors, source)
     layout = spec.layout(model, None)
     where = {hf_path: (host, start, size) for host, entries in layout.items() for hf_path, start, size in entries}

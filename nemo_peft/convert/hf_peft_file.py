@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+FINGERPRINT_NAME = "nemo_peft_base.json"  # our side file: the base model's fingerprint (core/fingerprint.py)
 PREFIX = "base_model.model."
 _KEY_RE = re.compile(r"(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight")
 # peft options whose non-default value changes the math in a way a plain LoRA cannot hold
@@ -47,6 +48,18 @@ def read_hf_peft(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
     else:
         raise FileNotFoundError(f"{directory!r} has {CONFIG_NAME} but no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME}).")
     return config, tensors
+
+
+def read_fingerprint(directory: str) -> dict | None:
+    """The base fingerprint our export wrote beside the adapter, or None (peft's own files have none)."""
+    path = os.path.join(str(directory), FINGERPRINT_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path!r} is not valid JSON ({e}); delete it to load the adapter unchecked.") from None
 
 
 def check_config(cfg: dict, source: str) -> None:

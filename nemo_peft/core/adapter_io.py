@@ -209,8 +209,9 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
                              f"value(s) (NaN/inf) of {t.numel()}; the training that made it diverged (lower the lr).")
 
 
-def save(path: str, configs: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write adapter directory ``path`` as a unit (see the module docstring)."""
+def save(path: str, configs: dict, tensors: dict[str, torch.Tensor], extra: dict | None = None) -> None:
+    """Write adapter directory ``path`` as a unit (see the module docstring). ``extra`` adds
+    top-level fields to adapter_config.json (e.g. each adapter's base fingerprint)."""
     check_finite(tensors, f"Refusing to save the adapter to {str(path)!r} (nothing was written)")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     path = os.path.realpath(str(path))
@@ -225,7 +226,7 @@ def save(path: str, configs: dict, tensors: dict[str, torch.Tensor]) -> None:
         mode = new_file_mode()
         weights, config = os.path.join(tmp, WEIGHTS_NAME), os.path.join(tmp, CONFIG_NAME)
         save_file(tensors, weights)
-        meta = {"format": FORMAT, "version": 1, HASH_KEY: file_sha256(weights), "adapters": configs}
+        meta = {"format": FORMAT, "version": 1, HASH_KEY: file_sha256(weights), "adapters": configs, **(extra or {})}
         with open(config, "w") as f:
             json.dump(meta, f, indent=2)
         for name in (weights, config):
@@ -248,6 +249,7 @@ def save(path: str, configs: dict, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json as a dict, tensors) of an adapter directory, checked."""
     directory = os.path.dirname(path) if str(path).endswith(".safetensors") else str(path)
     if not os.path.lexists(directory) and _backups(directory):
         # A save is mid-swap, or crashed between its two renames: the previous adapter is complete.
@@ -261,14 +263,14 @@ def load(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         )
     config_path, weights_path = os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME)
     meta = read_config(directory)
+    if meta is not None and is_hf_peft_config(meta):
+        raise ValueError(f"{config_path!r} is a Hugging Face PEFT adapter (peft_type={meta['peft_type']!r}); load it "
+                         "with nemo_peft.load_adapters(model, path), which converts it, or "
+                         "nemo_peft.convert.hf_peft.load_hf_peft.")
     if meta is None or not os.path.isfile(weights_path):
         missing = config_path if meta is None else weights_path
         raise FileNotFoundError(f"{missing!r} is missing: {directory!r} is not a complete adapter checkpoint "
                                 "written by save_adapters.")
-    if is_hf_peft_config(meta):
-        raise ValueError(f"{config_path!r} is a Hugging Face PEFT adapter (peft_type={meta['peft_type']!r}); load it "
-                         "with nemo_peft.load_adapters(model, path), which converts it, or "
-                         "nemo_peft.convert.hf_peft.load_hf_peft.")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{config_path!r} is not a nemo_peft adapter config (format={meta.get('format')!r}).")
     try:
@@ -284,7 +286,7 @@ def load(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
                          f"the config records {str(expected)[:12]}..., so the two files come from different saves "
                          f"(or one was edited). Save the adapter again. {RECOVERY}")
     check_finite(tensors, f"Cannot load {weights_path!r}")
-    return meta["adapters"], tensors
+    return meta, tensors
 
 
 def read_config(directory: str) -> dict | None:

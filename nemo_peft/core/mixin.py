@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nemo_peft.core import adapter_io, routing
+from nemo_peft.core.fingerprint import base_fingerprint, check_base
 from nemo_peft.core.registry import config_from_dict
 from nemo_peft.core.slots import AdapterSlot, SlotContext
 
@@ -50,6 +51,7 @@ class AdapterMixin:
             raise ValueError("add_adapter needs at least one PEFT config.")
         if name in self.adapter_names:
             raise ValueError(f"An adapter named {name!r} already exists; use another name or delete it first.")
+        base = base_fingerprint(self)  # before a method (QLoRA) changes the host weights
         contexts = self.slot_contexts()
         plan: dict[tuple[str, str], nn.Module] = {}
         for cfg in cfgs:
@@ -68,8 +70,9 @@ class AdapterMixin:
             adapter.train(self.training)  # an adapter added to an eval model must not run dropout
             getattr(block, slot_name).add(name, adapter)
         if not hasattr(self, "_adapter_configs"):
-            self._adapter_configs = {}
+            self._adapter_configs, self._base_fingerprints = {}, {}
         self._adapter_configs[name] = cfgs
+        self._base_fingerprints[name] = base
         self.freeze_base()
         self.set_active_adapters(self.active_adapters + [name])
 
@@ -215,20 +218,30 @@ class AdapterMixin:
         tensors = {}
         for n in names:
             tensors.update(self.adapter_state_dict(n))
-        adapter_io.save(path, configs, tensors)
+        adapter_io.save(path, configs, tensors, extra={"base_fingerprints": self.base_fingerprints(names)})
 
-    def load_adapters(self, path: str, cfg=None, name: str | None = None) -> list[str]:
+    def base_fingerprints(self, names=None) -> dict[str, dict]:
+        """Each adapter's record of the base it was added to (``core/fingerprint.py``)."""
+        return {n: self._base_fingerprints[n] for n in (self.adapter_names if names is None else names)}
+
+    def load_adapters(self, path: str, cfg=None, name: str | None = None, strict_base: bool = True) -> list[str]:
         """Load adapters saved by ``save_adapters``; create them first if missing.
 
         ``cfg`` overrides the saved config (a config or list of configs) and
         ``name`` picks one adapter of a file with several. Returns the loaded names.
+        An adapter saved on another base model is an error (a warning with ``strict_base=False``).
         Hugging Face PEFT directories load with ``nemo_peft.load_adapters(model, path)``.
         """
-        configs, tensors = adapter_io.load(path)
+        meta, tensors = adapter_io.load(path)
+        configs = meta["adapters"]
         names = [name] if name else list(configs)
         for n in names:
             if n not in configs:
                 raise ValueError(f"Adapter {n!r} is not in {path}; it holds {list(configs)}.")
+        current = base_fingerprint(self)
+        saved = meta.get("base_fingerprints")
+        for n in names:
+            check_base(None if saved is None else saved.get(n), current, f"Adapter {n!r} in {path!r}", strict_base)
             if n not in self.adapter_names:
                 self.add_adapter(cfg if cfg is not None else configs[n], name=n)
         wanted = {k: v for k, v in tensors.items() if _adapter_name_of(k) in names}

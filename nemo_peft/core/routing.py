@@ -92,4 +92,5 @@ def delete_adapter(model, name: str) -> None:
             slot.routing.pop(name, None)
         slot.active = tuple(n for n in slot.active if n != name)
     del model._adapter_configs[name]
+    model._base_fingerprints.pop(name, None)
     model._active_adapters = [n for n in model.active_adapters if n != name]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from nemo_peft.core.fingerprint import vocab_hash
+
 
 @dataclass
 class Tokenizer:
@@ -20,6 +22,10 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def vocab_sha256(self) -> str:
+        """A hash of the token -> id map: adapters record it to recognise their base's tokenizer."""
+        return vocab_hash(self.backend.get_vocab(with_added_tokens=True))
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text` without any special tokens added (BOS/EOS are the caller's choice)."""

@@ -26,7 +26,20 @@ def _read_config_json(path: str) -> dict:
 
 def load_pretrained(path: str | None, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a GGUF file, our native directory or a Hugging Face directory, of
-    any registered family. ``None`` or ``"default"`` means the embedded SmolLM2-135M-Instruct GGUF."""
+    any registered family. ``None`` or ``"default"`` means the embedded SmolLM2-135M-Instruct GGUF.
+    The model remembers its tokenizer's vocabulary hash (adapters record it)."""
+    model, tokenizer = _load_base(path, dtype)
+    remember_tokenizer(model, tokenizer)
+    return model, tokenizer
+
+
+def remember_tokenizer(model, tokenizer) -> None:
+    """Record the tokenizer's vocabulary hash on the model, for adapter fingerprints."""
+    if tokenizer is not None:
+        model.tokenizer_vocab_sha256 = tokenizer.vocab_sha256()
+
+
+def _load_base(path: str | None, dtype: torch.dtype):
     if path in (None, "", "default"):
         path = gguf_default_path()
     path = os.path.expanduser(str(path))
@@ -75,18 +88,20 @@ def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str 
                                 model_type=model_type)
 
 
-def load_hf_peft(model, directory: str, name: str = "default") -> str:
+def load_hf_peft(model, directory: str, name: str = "default", strict_base: bool = True) -> str:
     """A Hugging Face PEFT LoRA directory into ``model`` as adapter ``name`` (exactly)."""
     model = unwrap(model)
-    return hf_peft.load_hf_peft(model, family_of(model).needs("hf_peft"), directory, name=name)
+    return hf_peft.load_hf_peft(model, family_of(model).needs("hf_peft"), directory, name=name,
+                                strict_base=strict_base)
 
 
-def load_adapters(model, path: str, cfg=None, name: str | None = None) -> list[str]:
-    """``model.load_adapters`` for our format, or the conversion of a Hugging Face PEFT directory."""
+def load_adapters(model, path: str, cfg=None, name: str | None = None, strict_base: bool = True) -> list[str]:
+    """``model.load_adapters`` for our format, or the conversion of a Hugging Face PEFT directory.
+    An adapter trained on another base is an error unless ``strict_base=False`` (then a warning)."""
     meta = read_config(path) if os.path.isdir(str(path)) else None
     if meta is not None and is_hf_peft_config(meta):
         if cfg is not None:
             raise ValueError(f"{path!r} is a Hugging Face PEFT adapter: its adapter_config.json defines the "
                              "adapter, so a cfg override cannot be applied; drop cfg.")
-        return [load_hf_peft(model, path, name=name or "default")]
-    return unwrap(model).load_adapters(path, cfg, name)
+        return [load_hf_peft(model, path, name=name or "default", strict_base=strict_base)]
+    return unwrap(model).load_adapters(path, cfg, name, strict_base=strict_base)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.families import FAMILIES, family_named, family_of, load_adapters, load_pretrained
 from nemo_peft.families.base import unwrap
+from nemo_peft.families.io import remember_tokenizer
 from nemo_peft.peft.schemes import configs_from_peft_section
 from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
 
@@ -50,7 +51,9 @@ def load_base(model_cfg: DictConfig):
         raise ValueError("Set either model.restore_from_path or model.from_scratch, not both.")
     tokenizer = Tokenizer.byte_level()
     torch.manual_seed(int(model_cfg.get("init_seed", 0)))
-    return _scratch_model(family, to_dict(scratch), tokenizer), tokenizer
+    model = _scratch_model(family, to_dict(scratch), tokenizer)
+    remember_tokenizer(model, tokenizer)
+    return model, tokenizer
 
 
 def build_model(model_cfg: DictConfig):
@@ -70,7 +73,7 @@ def build_model(model_cfg: DictConfig):
     if peft is not None and peft.get("peft_scheme"):
         module.add_adapter(configs_from_peft_section(to_dict(peft), tokenizer))
         if peft.get("restore_from_path"):
-            load_adapters(module, peft.restore_from_path)
+            load_adapters(module, peft.restore_from_path, strict_base=peft.get("strict_base", True))
     return module
 
 

@@ -14,7 +14,7 @@ from nemo_peft.recipes.build import build_data, build_model, build_trainer
 def run_generate(cfg: DictConfig) -> list[dict]:
     module = build_model(cfg.model)  # the adapter file carries its own config
     if cfg.get("adapter_path"):
-        load_adapters(module, cfg.adapter_path)
+        load_adapters(module, cfg.adapter_path, strict_base=cfg.get("strict_base", True))
     data = build_data(cfg.data, module.tokenizer, module.model)
     trainer = build_trainer(cfg.trainer, os.path.dirname(os.path.abspath(cfg.output_file)))
     batches = trainer.predict(module, datamodule=data)
