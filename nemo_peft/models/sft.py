@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass, fields
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
+from nemo_peft.core.fingerprint import check_base
 from nemo_peft.models.generation import SamplingParams
 
 # An adapter weight this large means training diverges (finite, so the guard below misses it).
@@ -72,6 +73,7 @@ class SFTModule(L.LightningModule):
         self.strict_loading = False  # our checkpoints hold adapter weights only
         self._em = {"correct": 0, "total": 0}
         self._warned_magnitude = False
+        self._resync_lr = False
 
     # ---- adapters: the wrapped model owns them ----
     def add_adapter(self, peft_cfgs, name: str = "default"):
@@ -101,6 +103,9 @@ class SFTModule(L.LightningModule):
 
     def on_train_start(self):
         self.train()  # loaders return models in eval mode; dropout must be live while training
+        if self._resync_lr:
+            self._resync_lr = False
+            self._apply_schedule()
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(batch)
@@ -192,26 +197,29 @@ class SFTModule(L.LightningModule):
         with torch.no_grad():  # amax propagates NaN, so one reduction checks both
             peak = torch.stack([p.detach().abs().amax().float() for p in params]).amax().item()
         if not math.isfinite(peak):
-            self._stop_non_finite("an adapter weight became non-finite after the optimizer step")
+            self._stop_non_finite("an adapter weight became non-finite in the optimizer step")
         if peak > WEIGHT_WARN_MAGNITUDE and not self._warned_magnitude:
             self._warned_magnitude = True
-            warnings.warn(f"An adapter weight reached magnitude {peak:.3g} at global step {self.trainer.global_step} "
-                          f"(lr {self._lr():.3g}): training is likely diverging; lower model.optim.lr.", stacklevel=2)
+            rank_zero_warn(f"An adapter weight reached magnitude {peak:.3g} in training step "
+                           f"{self.trainer.global_step + 1} (lr {self._lr():.3g}): training is likely diverging; "
+                           "lower model.optim.lr.")
 
     def _lr(self) -> float:
         optimizers = self.trainer.optimizers if self._trainer else []
         return float(optimizers[0].param_groups[0]["lr"]) if optimizers else self.optim.lr
 
     def _stop_non_finite(self, what: str):
-        step = self.trainer.global_step
+        # global_step counts finished optimizer steps: the failing one is the next
+        step, total = self.trainer.global_step + 1, self.trainer.max_steps
         last = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks
                 if getattr(cb, "last_model_path", "") and os.path.isfile(cb.last_model_path)]
-        saved = (f"The last good checkpoint is {last[0]!r}; resume from it with a lower lr "
-                 f"(exp_manager.resume_from_checkpoint=...)." if last else
-                 "No checkpoint has been written in this run.")
+        fix = "Lower model.optim.lr (or add model.optim.warmup_steps) and"
+        saved = (f"The last good checkpoint is {last[0]!r}. {fix} resume from it with "
+                 f"exp_manager.resume_from_checkpoint={last[0]}." if last else
+                 f"No checkpoint has been written in this run. {fix} start again.")
         raise FloatingPointError(
-            f"Training stopped at global step {step} (lr {self._lr():.3g}): {what}. No adapter or checkpoint with "
-            f"non-finite values was written. {saved} Lower model.optim.lr or add warmup (model.optim.warmup_steps)."
+            f"Training stopped in step {step}{f' of {total}' if total > 0 else ''} (lr {self._lr():.3g}): {what}. "
+            f"No adapter or checkpoint with non-finite values was written. {saved}"
         )
 
     # ---- checkpoints: adapters and optimizer state only ----
@@ -222,6 +230,7 @@ class SFTModule(L.LightningModule):
         checkpoint["nemo_peft_adapters"] = {
             n: [c.to_dict() for c in self.model.adapter_configs(n)] for n in self.model.adapter_names
         }
+        checkpoint["nemo_peft_base"] = self.model.base_fingerprints()  # what the adapters were trained on
         checkpoint["nemo_peft_optim"] = asdict(self.optim)
         # Dropout draws from the global RNG: keep it so a resumed run continues the same curve.
         checkpoint["nemo_peft_rng"] = {"cpu": torch.get_rng_state()}
@@ -229,18 +238,47 @@ class SFTModule(L.LightningModule):
             checkpoint["nemo_peft_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint):
-        diffs = adapter_config_diffs(checkpoint.get("nemo_peft_adapters", {}), self.model)
+        diffs = adapter_config_diffs(checkpoint["nemo_peft_adapters"], self.model) \
+            if "nemo_peft_adapters" in checkpoint else []
         if diffs:
             raise ValueError(
                 "The checkpoint's adapters differ from this model's (saved -> now):\n  " + "\n  ".join(diffs)
                 + "\nResume with the same model.peft config as the run that saved the checkpoint; "
                 "trainer options (e.g. trainer.max_steps) may change."
             )
+        now = self.model.base_fingerprints()
+        for name, saved in checkpoint.get("nemo_peft_base", {}).items():
+            if name in now:
+                check_base(saved, now[name], f"The checkpoint's adapter {name!r}")
+        self._apply_changed_optim(checkpoint)
         rng = checkpoint.get("nemo_peft_rng", {})
         if "cpu" in rng:
             torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _apply_changed_optim(self, checkpoint):
+        """Lightning restores the saved lr, betas, ... with the optimizer and scheduler state; a
+        changed model.optim (e.g. a lower lr after a divergence) applies from the resumed step on."""
+        saved, now = _plain(checkpoint.get("nemo_peft_optim")), _plain(asdict(self.optim))
+        if not saved or saved == now:
+            return
+        changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v)
+        rank_zero_warn(f"model.optim differs from the checkpoint's ({changed}); the new values apply from the "
+                       "resumed step on.")
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group.update(initial_lr=self.optim.lr, betas=tuple(self.optim.betas), eps=self.optim.eps,
+                             weight_decay=self.optim.weight_decay)
+        for sched in checkpoint.get("lr_schedulers", []):
+            sched["base_lrs"] = [self.optim.lr for _ in sched.get("base_lrs", [])]
+        self._resync_lr = True  # the restored lr is the old schedule's: on_train_start recomputes it
+
+    def _apply_schedule(self):
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, getattr(sched, "lr_lambdas", [])):
+                group["lr"] = base * fn(sched.last_epoch)  # what LambdaLR.step() computes
 
 
 def _plain(value):
@@ -262,6 +300,7 @@ def adapter_config_diffs(saved: dict, model) -> list[str]:
             continue
         for a, b in zip(old, new):
             for key in list(a) + [k for k in b if k not in a]:
-                if a.get(key, "(unset)") != b.get(key, "(unset)"):
-                    diffs.append(f"{name} ({a['method']}) {key}: {a.get(key, '(unset)')!r} -> {b.get(key, '(unset)')!r}")
+                was, isnow = a.get(key, "(unset)"), b.get(key, "(unset)")
+                if was != isnow:
+                    diffs.append(f"{name} ({a['method']}) {key}: {was!r} -> {isnow!r}")
     return diffs

@@ -77,3 +77,20 @@ def test_hf_peft_export_carries_the_fingerprint_and_import_checks_it(tmp_path):
     (tmp_path / "hf" / "nemo_peft_base.json").unlink()  # as peft itself writes it: no fingerprint
     with pytest.warns(UserWarning, match="records no base-model fingerprint"):
         load_adapters(make_model("llama"), str(tmp_path / "hf"))
+
+
+def test_resuming_a_checkpoint_on_another_base_is_an_error():
+    from nemo_peft.models.gpt_sft import GPTSFTModel
+
+    def module(perturb):
+        model = make_model("llama")
+        if perturb:
+            _perturb_one_host_weight(model)
+        model.add_adapter(LoraPEFTConfig(target_modules=["q_proj"], dim=2))
+        return GPTSFTModel(model)
+
+    checkpoint = {"state_dict": {}}
+    module(False).on_save_checkpoint(checkpoint)
+    module(False).on_load_checkpoint(checkpoint)  # same base: fine
+    with pytest.raises(ValueError, match=r"checkpoint's adapter 'default' was trained on another base model"):
+        module(True).on_load_checkpoint(checkpoint)
