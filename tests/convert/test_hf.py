@@ -12,7 +12,7 @@ from nemo_peft.convert.hf_gpt import load_hf, save_hf
 from nemo_peft.convert.hf_gpt_config import hf_to_config
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.models.gpt import GPTModel
-from tests.conftest import make_model
+from tests.helpers import make_model, randomize_base
 
 transformers = pytest.importorskip("transformers")
 T = transformers
@@ -51,22 +51,9 @@ IMPORT_CASES = {
 }
 
 
-def _randomize(model, seed=0):
-    """Non-trivial weights everywhere (norm scales around 1, biases non-zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or ".ln_" in name or "ln_f" in name:
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5 if name.endswith("weight")
-                        else torch.randn(p.shape, generator=g) * 0.1)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.15)
-    return model.eval()
-
-
 def _hf_checkpoint(tmp_path, config, name="hf", **save_kw):
     torch.manual_seed(0)
-    model = _randomize(T.AutoModelForCausalLM.from_config(config))
+    model = randomize_base(T.AutoModelForCausalLM.from_config(config))
     path = str(tmp_path / name)
     model.save_pretrained(path, **save_kw)
     return model, path
@@ -186,7 +173,7 @@ EXPORT_CASES = {
 @pytest.mark.parametrize("case", sorted(EXPORT_CASES))
 def test_export_round_trip(tmp_path, case):
     family, overrides, model_type = EXPORT_CASES[case]
-    model = _randomize(make_model(family, **overrides))
+    model = randomize_base(make_model(family, **overrides))
     path = str(tmp_path / "out")
     save_hf(model, path, model_type=model_type)
     with open(os.path.join(path, "config.json")) as f:
@@ -250,13 +237,13 @@ def test_export_refuses_unrepresentable_model(tmp_path):
         save_hf(make_model("gpt2"), str(tmp_path / "x"), model_type="llama")
     with pytest.raises(ValueError, match="'bert'"):
         save_hf(make_model("llama"), str(tmp_path / "y"), model_type="bert")
-    model = _randomize(make_model("llama", add_bias_linear=True))
+    model = randomize_base(make_model("llama", add_bias_linear=True))
     with pytest.raises(ValueError, match="mistral.*non-zero"):
         save_hf(model, str(tmp_path / "z"), model_type="mistral")
 
 
 def test_sliding_window_with_kv_cache_matches_full_forward():
-    model = _randomize(make_model("llama", sliding_window=4))
+    model = randomize_base(make_model("llama", sliding_window=4))
     ids = _batch(12)[0][:1]
     with torch.no_grad():
         full = model(ids)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from nemo_peft.convert.hf_gpt import load_hf
 from nemo_peft import load_adapters, load_hf_peft, save_hf_peft
 from nemo_peft.peft.lora import LoraPEFTConfig
+from tests.helpers import randomize_adapters
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -54,14 +55,6 @@ def ours(path):
     return load_hf(path)[0]
 
 
-def randomize(module, marker, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in module.named_parameters():
-            if marker in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
-
 def peft_logits(hf_model, adapter_dir):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -82,7 +75,7 @@ def check_close(name, a, b):
 def make_peft_adapter(hf_model, out_dir, seed=0, **lora_kw):
     """A peft LoRA with random non-zero A and B, saved with save_pretrained."""
     model = peft.get_peft_model(hf_model, peft.LoraConfig(**lora_kw))
-    randomize(model, "lora_", seed)
+    randomize_adapters(model, seed, std=0.2, marker="lora_")
     model.eval()
     with torch.no_grad():
         expected = model(IDS).logits
@@ -101,7 +94,7 @@ def test_export_llama_partwise_fused_and_mixed_ranks(base, tmp_path):
         LoraPEFTConfig(target_modules=["linear_fc1"], dim=2, alpha=3),  # whole-host fused gate|up
         LoraPEFTConfig(target_modules=["linear_proj"], dim=3, alpha=3, layer_selection=[2]),
     ])
-    randomize(model, ".adapters.")
+    randomize_adapters(model, std=0.2)
     with torch.no_grad():
         expected = model(IDS)
     out = str(tmp_path / "hf_adapter")
@@ -130,7 +123,7 @@ def test_export_llama_whole_qkv_rslora(base, tmp_path):
     path, hf = base("llama")
     model = ours(path)
     model.add_adapter(LoraPEFTConfig(target_modules=["linear_qkv", "linear_fc2"], dim=4, alpha=6, use_rslora=True))
-    randomize(model, ".adapters.", seed=1)
+    randomize_adapters(model, seed=1, std=0.2)
     with torch.no_grad():
         expected = model(IDS)
     out = str(tmp_path / "hf_adapter")
@@ -149,7 +142,7 @@ def test_export_gpt2_fused_c_attn(base, tmp_path):
     model.add_adapter(LoraPEFTConfig(target_modules=["q_proj", "v_proj"], dim=3, alpha=6), name="qv")
     model.add_adapter(LoraPEFTConfig(target_modules=["linear_proj", "linear_fc1", "linear_fc2"], dim=2, alpha=4),
                       name="rest")
-    randomize(model, ".adapters.", seed=2)
+    randomize_adapters(model, seed=2, std=0.2)
     for name in ("qv", "rest"):
         model.set_active_adapters([name])
         with torch.no_grad():
@@ -230,7 +223,7 @@ def test_cli_round_trip(base, tmp_path):
     path, hf = base("llama")
     model = ours(path)
     model.add_adapter(LoraPEFTConfig(target_modules=["q_proj", "k_proj", "linear_fc1"], dim=4, alpha=8))
-    randomize(model, ".adapters.", seed=5)
+    randomize_adapters(model, seed=5, std=0.2)
     with torch.no_grad():
         expected = model(IDS)
     native, hf_dir, back = (str(tmp_path / n) for n in ("native", "hf_peft", "back"))

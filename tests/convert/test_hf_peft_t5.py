@@ -12,8 +12,7 @@ from safetensors.torch import load_file, save_file
 from nemo_peft import load_adapters, save_hf_peft
 from nemo_peft.convert.hf_t5 import load_hf_t5
 from nemo_peft.peft.lora import LoraPEFTConfig
-from tests.convert.test_hf_peft import randomize
-from tests.convert.test_hf_t5 import _hf_checkpoint, _pristine_dir  # noqa: F401 (the fixture builds the checkpoints)
+from tests.helpers import randomize_adapters
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -48,12 +47,12 @@ def peft_model(hf_model, adapter_dir):
     ["all"],  # every host, fused: linear_qkv, linear_proj, linear_q, linear_kv, fc1, fc2
     ["decoder.layers.*.cross_attention.linear_kv", "wo", "*.linear_qkv.k"],  # paths and part paths
 ])
-def test_our_t5_adapter_loads_in_peft_with_the_same_logits(tmp_path, case, targets):
-    hf_model, path = _hf_checkpoint(tmp_path, case)
+def test_our_t5_adapter_loads_in_peft_with_the_same_logits(tmp_path, case, targets, hf_t5_checkpoint):
+    hf_model, path = hf_t5_checkpoint(tmp_path, case)
     model, _ = load_hf_t5(path)
     model.add_adapter(LoraPEFTConfig(target_modules=targets, dim=3, alpha=6))
-    randomize(model, "lora_b")
-    randomize(model, "lora_a", seed=1)
+    randomize_adapters(model, std=0.2, marker="lora_b")
+    randomize_adapters(model, seed=1, std=0.2, marker="lora_a")
     expected = our_logits(model)
     assert (expected - our_logits(load_hf_t5(path)[0])).abs().max() > 1e-3  # the adapter changes the output
     out = str(tmp_path / "peft_adapter")
@@ -68,8 +67,8 @@ def test_our_t5_adapter_loads_in_peft_with_the_same_logits(tmp_path, case, targe
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("targets", [["q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"], ["q", "v"], ["k", "o"]])
-def test_peft_t5_adapter_loads_here_with_the_same_logits(tmp_path, case, targets):
-    hf_model, path = _hf_checkpoint(tmp_path, case)
+def test_peft_t5_adapter_loads_here_with_the_same_logits(tmp_path, case, targets, hf_t5_checkpoint):
+    hf_model, path = hf_t5_checkpoint(tmp_path, case)
     names = {n.rsplit(".", 1)[-1] for n, _ in hf_model.named_modules()}
     cfg = peft.LoraConfig(task_type="SEQ_2_SEQ_LM", r=4, lora_alpha=8, target_modules=[t for t in targets if t in names],
                           rank_pattern={"o": 2}, alpha_pattern={"EncDecAttention.q": 3})
@@ -77,7 +76,7 @@ def test_peft_t5_adapter_loads_here_with_the_same_logits(tmp_path, case, targets
         warnings.simplefilter("ignore")
         pm = peft.get_peft_model(hf_model, cfg)
     try:
-        randomize(pm, "lora_B")
+        randomize_adapters(pm, std=0.2, marker="lora_B")
         expected = hf_logits(pm.eval())
         out = str(tmp_path / "from_peft")
         pm.save_pretrained(out)
@@ -93,8 +92,8 @@ def test_peft_t5_adapter_loads_here_with_the_same_logits(tmp_path, case, targets
     assert torch.equal(our_logits(fresh), our_logits(model))
 
 
-def test_t5_file_with_a_module_this_model_lacks_is_a_clear_error(tmp_path):
-    hf_model, path = _hf_checkpoint(tmp_path, "t5_relu_tied")
+def test_t5_file_with_a_module_this_model_lacks_is_a_clear_error(tmp_path, hf_t5_checkpoint):
+    hf_model, path = hf_t5_checkpoint(tmp_path, "t5_relu_tied")
     model, _ = load_hf_t5(path)
     model.add_adapter(LoraPEFTConfig(target_modules=["q"], dim=2))
     out = str(tmp_path / "ad")
@@ -112,14 +111,14 @@ def test_t5_file_with_a_module_this_model_lacks_is_a_clear_error(tmp_path):
     assert json.load(open(os.path.join(out, "adapter_config.json")))["peft_type"] == "LORA"
 
 
-def test_merged_t5_checkpoint_loads_in_transformers_with_the_adapters_logits(tmp_path):
+def test_merged_t5_checkpoint_loads_in_transformers_with_the_adapters_logits(tmp_path, hf_t5_checkpoint):
     from nemo_peft.recipes.export import to_hf_peft
     from nemo_peft.recipes.merge import merge_to_checkpoint
 
-    _, path = _hf_checkpoint(tmp_path, "t5v1_1_gated_gelu_untied")
+    _, path = hf_t5_checkpoint(tmp_path, "t5v1_1_gated_gelu_untied")
     model, _ = load_hf_t5(path)
     model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=2, alpha=4))
-    randomize(model, "lora_b")
+    randomize_adapters(model, std=0.2, marker="lora_b")
     expected = our_logits(model)
     model.save_adapters(str(tmp_path / "ad"))
     merge_to_checkpoint(path, str(tmp_path / "ad"), str(tmp_path / "merged"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -11,75 +10,12 @@ from safetensors.torch import load_file, save_file
 
 from nemo_peft.convert.hf_t5 import hf_to_t5_config, load_hf_t5, save_hf_t5
 from nemo_peft.models.t5 import T5Config, T5Model
+from tests.helpers import HF_T5_CASES
 
 transformers = pytest.importorskip("transformers")
 T = transformers
 TOL = 1e-4
 VOCAB = 101
-SMALL = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-             relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0)
-
-# name -> (config class, config kwargs, separate random lm_head)
-CASES = {
-    # original T5: relu, tied embeddings, d_model**-0.5 before the tied head; 3 decoder layers
-    "t5_relu_tied": (T.T5Config, dict(SMALL, num_decoder_layers=3), False),
-    # T5 v1.1 / Flan-T5: gated-gelu, untied head (no scaling), num_heads * d_kv != d_model
-    "t5v1_1_gated_gelu_untied": (T.T5Config, dict(SMALL, d_kv=12, d_ff=48, feed_forward_proj="gated-gelu",
-                                                  tie_word_embeddings=False), True),
-    # transformers 5 writes tie_word_embeddings=True with scale_decoder_outputs=False and no lm_head
-    "t5_tied_unscaled": (T.T5Config, dict(SMALL, feed_forward_proj="gated-gelu", tie_word_embeddings=False), False),
-    "mt5_untied": (T.MT5Config, dict(SMALL, feed_forward_proj="gated-gelu", tie_word_embeddings=False), True),
-}
-
-
-def _randomize(model, seed=0):
-    """Non-trivial weights everywhere: norm scales around 1, a strong relative position bias."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "layer_norm" in name:
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            elif "relative_attention_bias" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-            elif name == "shared.weight":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
-
-
-_BUILT: dict[str, tuple] = {}  # case -> (transformers model, pristine checkpoint dir): built once per module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _pristine_dir(tmp_path_factory):
-    global _STORE
-    _STORE = tmp_path_factory.mktemp("hf_t5")
-    yield
-    _BUILT.clear()
-
-
-def _hf_checkpoint(tmp_path, case, name="hf"):
-    """(transformers model reloaded from disk, a private copy of its checkpoint directory)."""
-    if case == "t5_tied_unscaled" and not hasattr(T.T5Config(), "scale_decoder_outputs"):
-        pytest.skip("transformers < 5 cannot build a tied-but-unscaled T5")
-    if case not in _BUILT:
-        cls, kwargs, own_head = CASES[case]
-        config = cls(**kwargs)
-        model_cls = T.MT5ForConditionalGeneration if cls is T.MT5Config else T.T5ForConditionalGeneration
-        model = model_cls(config)
-        if own_head:  # transformers 5 always ties at construction; untie the way a v1.1 checkpoint is untied
-            model.lm_head.weight = torch.nn.Parameter(torch.empty(VOCAB, config.d_model))
-        _randomize(model)
-        pristine = str(_STORE / case)
-        model.save_pretrained(pristine)
-        _BUILT[case] = (model_cls.from_pretrained(pristine, attn_implementation="eager").eval(), pristine)
-    hf_model, pristine = _BUILT[case]
-    path = str(tmp_path / name)
-    shutil.copytree(pristine, path)
-    return hf_model, path
-
-
 def _batch(seed=1, s=19, t=11, pad=5):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, VOCAB, (2, s), generator=g)
@@ -108,13 +44,13 @@ def _max_diff(hf_model, ours) -> float:
     return max(plain.abs().max().item(), padded.abs().max().item(), left_diff.abs().max().item())
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_import_logits_match_transformers(tmp_path, case):
-    hf_model, path = _hf_checkpoint(tmp_path, case)
+@pytest.mark.parametrize("case", sorted(HF_T5_CASES))
+def test_import_logits_match_transformers(tmp_path, case, hf_t5_checkpoint):
+    hf_model, path = hf_t5_checkpoint(tmp_path, case)
     ours, tok = load_hf_t5(path)
     assert tok is None and not ours.training
     cfg = ours.config
-    assert cfg.tie_word_embeddings == (not CASES[case][2])
+    assert cfg.tie_word_embeddings == (not HF_T5_CASES[case][2])
     assert cfg.scale_decoder_outputs == (case == "t5_relu_tied")
     assert cfg.num_decoder_layers == (3 if case == "t5_relu_tied" else 2)
     diff = _max_diff(hf_model, ours)
@@ -122,9 +58,9 @@ def test_import_logits_match_transformers(tmp_path, case):
     assert diff <= TOL, f"{case}: max abs diff {diff}"
 
 
-def test_position_bias_and_scaling_really_matter(tmp_path):
+def test_position_bias_and_scaling_really_matter(tmp_path, hf_t5_checkpoint):
     """Guards the parity test: the relative bias and the head scaling change these logits."""
-    hf_model, path = _hf_checkpoint(tmp_path, "t5_relu_tied")
+    hf_model, path = hf_t5_checkpoint(tmp_path, "t5_relu_tied")
     ours = load_hf_t5(path)[0]
     ids, mask, dec, _ = _batch()
     with torch.no_grad():
@@ -138,8 +74,8 @@ def test_position_bias_and_scaling_really_matter(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["t5_relu_tied", "t5v1_1_gated_gelu_untied", "t5_tied_unscaled"])
-def test_export_round_trip(tmp_path, case):
-    _, path = _hf_checkpoint(tmp_path, case)
+def test_export_round_trip(tmp_path, case, hf_t5_checkpoint):
+    _, path = hf_t5_checkpoint(tmp_path, case)
     ours = load_hf_t5(path)[0]
     out = str(tmp_path / "out")
     save_hf_t5(ours, out)
@@ -196,8 +132,8 @@ def _unigram_tokenizer():
     return backend
 
 
-def test_unigram_tokenizer_import_and_export(tmp_path):
-    _, path = _hf_checkpoint(tmp_path, "t5_relu_tied")
+def test_unigram_tokenizer_import_and_export(tmp_path, hf_t5_checkpoint):
+    _, path = hf_t5_checkpoint(tmp_path, "t5_relu_tied")
     backend = _unigram_tokenizer()
     backend.save(os.path.join(path, "tokenizer.json"))
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
@@ -215,8 +151,8 @@ def test_unigram_tokenizer_import_and_export(tmp_path):
     assert load_hf_t5(out)[1].encode("the world") == tok.encode("the world")
 
 
-def test_special_ids_from_generation_config(tmp_path):
-    _, path = _hf_checkpoint(tmp_path, "t5_relu_tied")
+def test_special_ids_from_generation_config(tmp_path, hf_t5_checkpoint):
+    _, path = hf_t5_checkpoint(tmp_path, "t5_relu_tied")
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
     cfg.pop("decoder_start_token_id")
@@ -229,10 +165,10 @@ def test_special_ids_from_generation_config(tmp_path):
 
 # --- legacy files and errors ----------------------------------------------------------------
 
-def test_legacy_v1_1_config_and_extra_tensors(tmp_path):
+def test_legacy_v1_1_config_and_extra_tensors(tmp_path, hf_t5_checkpoint):
     """transformers 4.x files: tie_word_embeddings=false without scale_decoder_outputs, and the
     stale cross-attention relative bias plus explicit embed_tokens copies in the weights."""
-    hf_model, path = _hf_checkpoint(tmp_path, "t5v1_1_gated_gelu_untied")
+    hf_model, path = hf_t5_checkpoint(tmp_path, "t5v1_1_gated_gelu_untied")
     cfg_path, weights = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
     with open(cfg_path) as f:
         cfg = json.load(f)
@@ -254,8 +190,8 @@ def test_legacy_v1_1_config_and_extra_tensors(tmp_path):
     ("feed_forward_proj", "gated-mish"), ("is_decoder", True), ("is_encoder_decoder", False),
     ("architectures", ["T5EncoderModel"]), ("quantization_config", {"quant_method": "bitsandbytes"}),
 ])
-def test_unsupported_config_values(tmp_path, field, value):
-    _, path = _hf_checkpoint(tmp_path, "t5_relu_tied")
+def test_unsupported_config_values(tmp_path, field, value, hf_t5_checkpoint):
+    _, path = hf_t5_checkpoint(tmp_path, "t5_relu_tied")
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
     cfg[field] = value
@@ -270,8 +206,8 @@ def test_unsupported_model_type():
         hf_to_t5_config({"model_type": "umt5"})
 
 
-def test_missing_and_unexpected_tensors(tmp_path):
-    _, path = _hf_checkpoint(tmp_path, "t5_relu_tied")
+def test_missing_and_unexpected_tensors(tmp_path, hf_t5_checkpoint):
+    _, path = hf_t5_checkpoint(tmp_path, "t5_relu_tied")
     weights = os.path.join(path, "model.safetensors")
     sd = load_file(weights)
     sd["encoder.block.0.layer.0.SelfAttention.extra.weight"] = torch.zeros(2)
@@ -292,8 +228,8 @@ def test_not_a_checkpoint(tmp_path):
         load_hf_t5(str(tmp_path))
 
 
-def test_load_in_bf16(tmp_path):
-    _, path = _hf_checkpoint(tmp_path, "t5v1_1_gated_gelu_untied")
+def test_load_in_bf16(tmp_path, hf_t5_checkpoint):
+    _, path = hf_t5_checkpoint(tmp_path, "t5v1_1_gated_gelu_untied")
     ours = load_hf_t5(path, dtype=torch.bfloat16)[0]
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
     ref = load_hf_t5(path)[0]
@@ -305,11 +241,11 @@ def test_load_in_bf16(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["t5_relu_tied", "t5v1_1_gated_gelu_untied"])
-def test_greedy_generation_matches_transformers(tmp_path, case):
+def test_greedy_generation_matches_transformers(tmp_path, case, hf_t5_checkpoint):
     from nemo_peft.models.generation import SamplingParams
     from nemo_peft.models.seq2seq_generation import generate_seq2seq
 
-    hf_model, path = _hf_checkpoint(tmp_path, case)
+    hf_model, path = hf_t5_checkpoint(tmp_path, case)
     ours, _ = load_hf_t5(path)
     ids, mask, _, _ = _batch()
     eos = 1

@@ -9,7 +9,7 @@ from nemo_peft.models.generation import SamplingParams, generate
 from nemo_peft.peft.bottleneck import CanonicalAdaptersPEFTConfig
 from nemo_peft.peft.ia3 import IA3PEFTConfig
 from nemo_peft.peft.lora import LoraPEFTConfig
-from tests.conftest import make_model
+from tests.helpers import make_model, randomize_adapters
 
 IDS = torch.randint(0, 97, (6, 9), generator=torch.Generator().manual_seed(3))
 CFGS = {
@@ -19,21 +19,11 @@ CFGS = {
 }
 
 
-def randomize(model, name, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            if f".adapters.{name}." not in k:
-                continue
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1 + 0.2 * noise if k.endswith("scale") or ".norm." in k else 0.2 * noise)
-
-
 def three_adapter_model():
     model = make_model("llama")
     for seed, (name, cfg) in enumerate(CFGS.items()):
         model.add_adapter(cfg, name=name)
-        randomize(model, name, seed)
+        randomize_adapters(model, seed, std=0.2, name=name, unit_scales=True)
     return model
 
 
@@ -158,7 +148,7 @@ def lora_model():
     model.add_adapter(LoraPEFTConfig(target_modules=["o_proj"], dim=3, alpha=5, layer_selection=[3]), name="e")
     model.add_adapter(CFGS["b"], name="b")
     for seed, name in enumerate(["a", "d", "e", "b"]):
-        randomize(model, name, seed)
+        randomize_adapters(model, seed, std=0.2, name=name, unit_scales=True)
     return model
 
 

@@ -20,6 +20,7 @@ from nemo_peft.peft.bottleneck import CanonicalAdaptersPEFTConfig
 from nemo_peft.peft.ia3 import IA3PEFTConfig
 from nemo_peft.peft.lora import LoraPEFTConfig
 from nemo_peft.models.seq2seq_generation import generate_seq2seq
+from tests.helpers import randomize_adapters
 
 TINY = dict(vocab_size=259, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
             relative_attention_num_buckets=8, relative_attention_max_distance=16,
@@ -40,15 +41,6 @@ def batch(seed=1, s=9, t=6, pad=3):
     dec = torch.randint(0, 256, (2, t), generator=g)
     dec[:, 0] = 258
     return ids, mask, dec
-
-
-def perturb_adapters(model, seed=3, scale=0.3):
-    """Non-zero adapter weights (LoRA B starts at zero, IA3 at one)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".adapters." in n:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -124,7 +116,7 @@ def test_lora_on_all_attentions():
     assert sum(1 for s in model.adapter_slots_by_path().values() if s.adapters) == 2 * 2 + 2 * 5
     with torch.no_grad():
         torch.testing.assert_close(model(ids, mask, dec), base)  # B starts at zero: unchanged at init
-    perturb_adapters(model)
+    randomize_adapters(model, seed=3, std=0.3, add=True)
     loss = F.cross_entropy(model(ids, mask, dec).flatten(0, 1), torch.roll(dec, -1, 1).flatten())
     loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
@@ -135,7 +127,7 @@ def test_lora_on_all_attentions():
 def test_lora_save_load_identical_logits(tmp_path):
     model = make_t5()
     model.add_adapter(LoraPEFTConfig(target_modules=ALL_ATTENTION + ["linear_fc1", "linear_fc2"], dim=2))
-    perturb_adapters(model)
+    randomize_adapters(model, seed=3, std=0.3, add=True)
     ids, mask, dec = batch()
     with torch.no_grad():
         want = model(ids, mask, dec)
@@ -155,7 +147,7 @@ def test_ia3_and_lora_merge_including_cross_attention():
     cross = model.decoder.layers[0].cross_attention
     assert "default" in cross.ia3_key.adapters and "default" in cross.lora_kv.adapters
     assert "default" in model.encoder.layers[1].mlp.ia3_mlp.adapters
-    perturb_adapters(model)
+    randomize_adapters(model, seed=3, std=0.3, add=True)
     ids, mask, dec = batch()
     with torch.no_grad():
         want = model(ids, mask, dec)

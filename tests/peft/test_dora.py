@@ -4,23 +4,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from nemo_peft.peft.base import PEFTConfig
 from nemo_peft.peft.dora import DoraAdapter, DoraPEFTConfig
 from nemo_peft.peft.lora import LoraPEFTConfig
-from tests.conftest import make_model
-from tests.peft.test_lora import IDS, randomize_adapters
-
-
-def randomize_dora(model, seed=0):
-    """Random A/B, and magnitudes moved off their initial ‖W‖ so that m/n != 1."""
-    randomize_adapters(model, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith(".magnitude"):
-                p.mul_(1 + 0.2 * torch.randn(p.shape, generator=g))
+from tests.helpers import IDS, assert_only_adapters_get_grads, make_model, randomize_adapters, train_next_token
 
 
 def dora_adapters(model, name="default"):
@@ -52,7 +40,7 @@ def test_output_unchanged_at_init(family):
         rows = torch.cat([ad.host.weight[s:s + n] for s, n in ad.out_slices])
         torch.testing.assert_close(ad.magnitude, torch.linalg.norm(rows, dim=1), rtol=1e-6, atol=0)
     torch.testing.assert_close(model(IDS), before, rtol=0, atol=1e-6)
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     assert not torch.allclose(model(IDS), before)
 
 
@@ -71,15 +59,9 @@ def test_trainable_count_matches_closed_form():
 def test_only_adapter_params_get_gradients(family):
     model = make_model(family)
     model.add_adapter(DoraPEFTConfig(target_modules=["all"], dim=4))
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     model(IDS).logsumexp(-1).mean().backward()
-    for n, p in model.named_parameters():
-        is_adapter = ".adapters." in n
-        assert p.requires_grad == is_adapter, n
-        if is_adapter:
-            assert p.grad is not None and p.grad.abs().sum() > 0, n
-        else:
-            assert p.grad is None, n
+    assert_only_adapters_get_grads(model)
 
 
 @pytest.mark.parametrize("family,targets", [
@@ -89,14 +71,14 @@ def test_only_adapter_params_get_gradients(family):
 def test_equals_dense_recomputation(family, targets):
     model = make_model(family)
     model.add_adapter(DoraPEFTConfig(target_modules=targets, dim=4, alpha=8))
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     torch.testing.assert_close(model(IDS), _dense_dora(model)(IDS), atol=1e-5, rtol=1e-5)
 
 
 def test_weight_norm_without_forming_ba_matches_dense():
     model = make_model("qwen2")
     model.add_adapter(DoraPEFTConfig(target_modules=["q_proj", "v_proj"], dim=3, alpha=5, use_rslora=True))
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     ad = model.decoder.layers[1].self_attention.lora_qkv.adapters["default"]
     assert ad.scale == pytest.approx(5 / math.sqrt(3))
     dense = torch.cat([torch.linalg.norm(ad.host.weight[s:s + n] + d, dim=1) for s, n, d in ad.delta_weight()])
@@ -107,7 +89,7 @@ def test_weight_norm_without_forming_ba_matches_dense():
 def test_partwise_adapter_leaves_other_parts_alone():
     model = make_model("qwen2")  # qkv with bias
     model.add_adapter(DoraPEFTConfig(target_modules=["q_proj", "v_proj"], dim=4))
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     attn = model.decoder.layers[0].self_attention
     x = torch.randn(2, 5, 48)
     base = attn.linear_qkv(x)
@@ -125,7 +107,7 @@ def test_merge_equals_unmerged_and_unmerge_restores(family, targets):
     model = make_model(family)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     model.add_adapter(DoraPEFTConfig(target_modules=targets, dim=4, alpha=8))
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     unmerged = model(IDS)
     model.merge_adapters()
     assert model.merged_adapters == ["default"]
@@ -142,7 +124,7 @@ def test_save_load_into_fresh_model_gives_identical_logits(tmp_path, family):
     model = make_model(family)
     model.add_adapter(DoraPEFTConfig(target_modules=["q_proj", "v_proj", "linear_fc2"], dim=3, alpha=6,
                                      rank_pattern={"linear_fc2": 2}))
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     model.save_adapters(str(tmp_path / "ad"))
     fresh = make_model(family)
     fresh.load_adapters(str(tmp_path / "ad"))
@@ -155,14 +137,7 @@ def test_learns_a_tiny_task():
     torch.manual_seed(0)
     model = make_model("llama").train()
     model.add_adapter(DoraPEFTConfig(target_modules=["all"], dim=4, alpha=8))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(20):
-        loss = F.cross_entropy(model(IDS[:, :-1]).flatten(0, 1), IDS[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_next_token(model, steps=20)
     # a tiny random base learns slowly: 4.61 -> 3.73 here (plain LoRA with the same settings: 3.82)
     assert losses[-1] < 0.85 * losses[0], losses
 
@@ -170,7 +145,7 @@ def test_learns_a_tiny_task():
 def test_dropout_only_in_training():
     model = make_model("llama")
     model.add_adapter(DoraPEFTConfig(target_modules=["linear_qkv"], dim=4, dropout=0.5))
-    randomize_dora(model)
+    randomize_adapters(model, magnitude_jitter=0.2)
     model.eval()
     assert torch.equal(model(IDS), model(IDS))
     model.train()
@@ -349,7 +324,6 @@ def test_dora_is_not_exported_as_plain_hf_lora(tmp_path):
 
     from nemo_peft import save_hf_peft
     from nemo_peft.peft.dora import DoraPEFTConfig
-    from tests.conftest import make_model
 
     model = make_model("llama")
     model.add_adapter(DoraPEFTConfig(target_modules=["q_proj"], dim=2))

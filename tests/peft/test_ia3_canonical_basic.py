@@ -7,8 +7,7 @@ from nemo_peft.peft.bottleneck import CanonicalAdaptersPEFTConfig
 from nemo_peft.peft.ia3 import IA3PEFTConfig
 from nemo_peft.peft.lora import LoraPEFTConfig
 from nemo_peft.peft.ptuning import PtuningPEFTConfig
-from tests.conftest import FAMILIES, make_model
-from tests.peft.test_lora import IDS, randomize_adapters
+from tests.helpers import FAMILIES, IDS, make_model, randomize_adapters
 
 
 def closed_form(family, cfg):

@@ -4,17 +4,7 @@ import pytest
 import torch
 
 from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
-from tests.conftest import make_model
-
-IDS = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(1))
-
-
-def randomize_adapters(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".adapters." in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+from tests.helpers import IDS, assert_only_adapters_get_grads, make_model, randomize_adapters
 
 
 def test_output_unchanged_after_add_adapter(family):
@@ -31,13 +21,7 @@ def test_only_adapter_params_train_and_get_gradients(family):
     model.add_adapter(LoraPEFTConfig(target_modules=["all"], dim=4))
     randomize_adapters(model)
     model(IDS).logsumexp(-1).mean().backward()
-    for n, p in model.named_parameters():
-        is_adapter = ".adapters." in n
-        assert p.requires_grad == is_adapter, n
-        if is_adapter:
-            assert p.grad is not None and p.grad.abs().sum() > 0, n
-        else:
-            assert p.grad is None, n
+    assert_only_adapters_get_grads(model)
 
 
 def test_training_changes_only_adapter_tensors(family):

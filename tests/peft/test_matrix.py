@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from nemo_peft.models.t5 import T5Config, T5Model
 from nemo_peft.peft import (CanonicalAdaptersPEFTConfig, DoraPEFTConfig, IA3PEFTConfig, LoraPEFTConfig,
                             PrefixTuningPEFTConfig, PromptTuningPEFTConfig, PtuningPEFTConfig, QLoraPEFTConfig)
-from tests.conftest import make_model
-from tests.models.test_t5 import perturb_adapters
+from tests.helpers import assert_only_adapters_get_grads, peaky_model, randomize_adapters
 
 VOCAB = 97
 G = torch.Generator().manual_seed(11)
@@ -54,12 +53,7 @@ def build(arch: str, seed: int = 0):
     torch.manual_seed(seed)
     if arch in T5_ARCHS:
         return T5Model(T5Config(**T5_ARCHS[arch])).eval()
-    model = make_model(arch, seed)
-    with torch.no_grad():  # GPTModel's 0.02-std init gives near-uniform logits that barely move in 20 steps
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8)
-    return model
+    return peaky_model(arch, seed)  # GPTModel's 0.02-std init gives near-uniform logits that barely move in 20 steps
 
 
 def logits(model):
@@ -88,7 +82,7 @@ def loss(model):
 
 def randomize(model, seed=1):
     """Move every adapter away from its (often identity) init, so tests see its effect."""
-    perturb_adapters(model, seed, scale=0.1)
+    randomize_adapters(model, seed, add=True)
 
 
 @pytest.fixture(params=ARCHS)
@@ -103,11 +97,7 @@ def test_only_adapter_parameters_get_gradients(arch, method):
     assert model.num_trainable_parameters() > 0
     randomize(model)  # B = 0 would leave A without a gradient
     loss(model).backward()
-    for n, p in model.named_parameters():
-        if ".adapters." in n:
-            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, n
-        else:
-            assert not p.requires_grad and p.grad is None, n
+    assert_only_adapters_get_grads(model)
 
 
 @pytest.mark.parametrize("method", sorted(INIT_IDENTITY))

@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from nemo_peft.peft.lora import LoraPEFTConfig
-from tests.conftest import make_model
-from tests.peft.test_lora import IDS, randomize_adapters
+from tests.helpers import IDS, make_model, randomize_adapters
 
 
 @pytest.mark.parametrize("targets", [["all"], ["q_proj", "v_proj", "up_proj"]])

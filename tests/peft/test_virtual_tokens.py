@@ -1,18 +1,21 @@
 """P-tuning, prompt tuning and prefix tuning: counts, gradients, save/load, training,
 cached and padded generation, and P-tuning's inference table."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from nemo_peft.core.adapter_io import WEIGHTS_NAME
+from nemo_peft.core.adapter_io import CONFIG_NAME, HASH_KEY, WEIGHTS_NAME, file_sha256
 from nemo_peft.models.generation import SamplingParams, generate
 from nemo_peft.models.gpt_sft import GPTSFTModel
 from nemo_peft.peft.base import PEFTConfig
 from nemo_peft.peft.prefix import PrefixTuningPEFTConfig
 from nemo_peft.peft.prompt_tuning import PromptTuningPEFTConfig
 from nemo_peft.peft.ptuning import PromptEncoder, PtuningPEFTConfig
-from tests.conftest import FAMILIES, make_model
+from tests.helpers import (FAMILIES, assert_only_adapters_get_grads, make_model, no_cache_greedy, peaky_model,
+                           randomize_adapters)
 
 N, E, B, ENC = 4, 8, 16, 16  # virtual tokens, P-tuning embedding/bottleneck dims, prefix MLP hidden
 METHODS = {
@@ -49,38 +52,12 @@ def expected_count(method, family):
     return layers * (N * h + h * ENC + ENC + ENC * 2 * kv * hd + 2 * kv * hd)
 
 
-def randomize(model, seed=0, std=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if ".adapters." in n:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
-def peaky(family):
-    model = make_model(family)
-    with torch.no_grad():  # larger weights -> less degenerate greedy continuations
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8)
-    return model
-
-
 def adapted(family, method, randomized=True, model=None):
     model = model if model is not None else make_model(family)
     model.add_adapter(METHODS[method]())
     if randomized:
-        randomize(model)
+        randomize_adapters(model, std=0.3)
     return model
-
-
-def no_cache_greedy(model, ids, n):
-    out = []
-    for _ in range(n):
-        tok = model(ids)[:, -1].argmax(-1)
-        out.append(int(tok))
-        ids = torch.cat([ids, tok[:, None]], 1)
-    return out
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -106,13 +83,7 @@ def test_prefix_layer_selection(fam):
 def test_only_adapter_params_get_gradients(fam, method):
     model = adapted(fam, method).train()
     model(IDS).logsumexp(-1).mean().backward()
-    for n, p in model.named_parameters():
-        is_adapter = ".adapters." in n
-        assert p.requires_grad == is_adapter, n
-        if is_adapter:
-            assert p.grad is not None and p.grad.abs().sum() > 0, n
-        else:
-            assert p.grad is None, n
+    assert_only_adapters_get_grads(model)
 
 
 @pytest.mark.parametrize("method", MAIN + ["ptuning_lstm", "prefix_proj"])
@@ -129,7 +100,7 @@ def test_save_load_identical_logits(fam, method, tmp_path):
 @pytest.mark.parametrize("method", MAIN)
 def test_it_learns(fam, method):
     torch.manual_seed(0)
-    model = adapted(fam, method, randomized=False, model=peaky(fam)).train()
+    model = adapted(fam, method, randomized=False, model=peaky_model(fam)).train()
     ids = torch.randint(1, 97, (4, 8), generator=torch.Generator().manual_seed(5))
     labels = torch.roll(ids, -1, 1)
     labels[:, 3:6] = torch.tensor([5, 6, 7])  # a fixed answer after any prompt
@@ -150,12 +121,12 @@ def test_it_learns(fam, method):
 
 @pytest.mark.parametrize("method", MAIN + ["ptuning+prefix"])
 def test_cached_generation_equals_uncached_and_padding(fam, method):
-    model = peaky(fam)
+    model = peaky_model(fam)
     if method == "ptuning+prefix":
         model.add_adapter([METHODS["ptuning"](), METHODS["prefix"]()])
     else:
         model.add_adapter(METHODS[method]())
-    randomize(model, std=0.1)  # visible, yet not so strong that greedy decoding repeats one token
+    randomize_adapters(model, std=0.1)  # visible, yet not so strong that greedy decoding repeats one token
     g = torch.Generator().manual_seed(2)
     a, b = torch.randint(1, 97, (1, 7), generator=g), torch.randint(1, 97, (1, 3), generator=g)
     params = SamplingParams(max_new_tokens=8)
@@ -173,7 +144,7 @@ def test_cached_generation_equals_uncached_and_padding(fam, method):
 def test_combined_ptuning_and_prefix_save_load(tmp_path):
     model = make_model("llama")
     model.add_adapter([METHODS["ptuning"](), METHODS["prefix"]()])
-    randomize(model)
+    randomize_adapters(model, std=0.3)
     n_expected = expected_count("ptuning", "llama") + expected_count("prefix", "llama")
     assert model.num_trainable_parameters() == n_expected
     ref = model(IDS)
@@ -191,7 +162,7 @@ def encoder_of(model) -> PromptEncoder:
 
 
 def test_ptuning_generation_with_table_equals_encoder():
-    model = adapted("llama", "ptuning", model=peaky("llama"))
+    model = adapted("llama", "ptuning", model=peaky_model("llama"))
     enc = encoder_of(model)
     calls = []
     enc.encoder.register_forward_hook(lambda *a: calls.append(1))
@@ -239,6 +210,9 @@ def test_ptuning_table_saved_and_loaded_table_used(tmp_path):
     # A different table in the file: the loaded model uses it as is (no recomputation).
     tensors[key] = torch.randn(tensors[key].shape)
     save_file(tensors, str(tmp_path / WEIGHTS_NAME))
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())  # a consistent pair: record the new file's hash
+    config[HASH_KEY] = file_sha256(str(tmp_path / WEIGHTS_NAME))
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
     fresh = make_model("llama")
     fresh.load_adapters(str(tmp_path))
     enc = encoder_of(fresh)

@@ -1,27 +1,9 @@
 """End-to-end: examples/finetune.py then examples/generate.py through Hydra on a tiny model."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def run_example(script, *overrides, cwd):
-    cmd = [sys.executable, os.path.join(ROOT, "examples", script), *overrides]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def predict(model, adapter, tiny_task, tmp_path):
-    """generate.py on the tiny task's test split: (the finished process, the rows it wrote)."""
-    preds = tmp_path / "preds.jsonl"
-    gen = run_example("generate.py", f"model={model}", f"adapter_path={adapter}", f"output_file={preds}",
-                      f"data.predict_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false",
-                      cwd=tmp_path)
-    assert gen.returncode == 0, gen.stderr[-3000:]
-    return gen, [json.loads(line) for line in open(preds)]
+from tests.helpers import predict, run_example
 
 
 def test_finetune_then_generate(tiny_task, tmp_path):

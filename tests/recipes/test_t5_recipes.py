@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from nemo_peft.models.t5_sft import T5SFTModel
 from nemo_peft.models.t5 import T5Model
 from nemo_peft.recipes.build import build_data, build_model
-from tests.recipes.test_hydra_e2e import predict, run_example
+from tests.helpers import predict, run_example
 
 
 def task_overrides(tiny_task):
