@@ -2,25 +2,7 @@ import pytest
 import torch
 
 from nemo_peft.models.generation import SamplingParams, generate
-from tests.conftest import make_model
-
-
-def peaky_model(family):
-    model = make_model(family)
-    with torch.no_grad():  # larger weights -> less degenerate greedy continuations
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8)
-    return model
-
-
-def no_cache_greedy(model, ids, n):
-    out = []
-    for _ in range(n):
-        tok = model(ids)[:, -1].argmax(-1)
-        out.append(int(tok))
-        ids = torch.cat([ids, tok[:, None]], 1)
-    return out
+from tests.helpers import make_model, no_cache_greedy, peaky_model
 
 
 def test_cached_greedy_equals_uncached(family):
