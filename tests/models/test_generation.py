@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nemo_peft.models.generation import SamplingParams, generate
-from tests.helpers import make_model, no_cache_greedy, peaky_model
+from tests.helpers import no_cache_greedy, peaky_model
 
 
 def test_cached_greedy_equals_uncached(family):
