@@ -12,21 +12,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nemo_peft.core.adapter_io import atomic_write
+from nemo_peft.core.json_file import read_json  # noqa: F401  (re-exported for the converters)
 from nemo_peft.data.tokenizer import Tokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-
-
-def read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path!r} is not valid JSON ({e}).") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path!r} holds a JSON {type(data).__name__}, not an object.")
-    return data
 
 
 def is_hf_dir(path: str) -> bool:

@@ -3,7 +3,6 @@
 LoRA A/B pairs of each module with its scale."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -11,6 +10,8 @@ from collections import defaultdict
 
 import torch
 from safetensors.torch import load_file
+
+from nemo_peft.core.json_file import read_json
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -34,11 +35,7 @@ def read_hf_peft(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
     config_path = os.path.join(directory, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{config_path!r} is missing: {directory!r} is not an HF PEFT adapter directory.")
-    with open(config_path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path!r} is not valid JSON ({e}).") from None
+    config = read_json(config_path)
     weights = os.path.join(directory, WEIGHTS_NAME)
     legacy = os.path.join(directory, LEGACY_WEIGHTS_NAME)
     if os.path.isfile(weights):
@@ -55,11 +52,7 @@ def read_fingerprint(directory: str) -> dict | None:
     path = os.path.join(str(directory), FINGERPRINT_NAME)
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path!r} is not valid JSON ({e}); delete it to load the adapter unchecked.") from None
+    return read_json(path, " Delete it to load the adapter unchecked.")
 
 
 def check_config(cfg: dict, source: str) -> None:

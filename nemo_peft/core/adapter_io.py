@@ -23,6 +23,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
+from nemo_peft.core.json_file import read_json
+
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_weights.safetensors"
 FORMAT = "nemo_peft"
@@ -227,8 +229,8 @@ def save(path: str, configs: dict, tensors: dict[str, torch.Tensor], extra: dict
         weights, config = os.path.join(tmp, WEIGHTS_NAME), os.path.join(tmp, CONFIG_NAME)
         save_file(tensors, weights)
         meta = {"format": FORMAT, "version": 1, HASH_KEY: file_sha256(weights), "adapters": configs, **(extra or {})}
-        with open(config, "w") as f:
-            json.dump(meta, f, indent=2)
+        with open(config, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, ensure_ascii=False)
         for name in (weights, config):
             os.chmod(name, mode)
             fsync_path(name)
@@ -256,6 +258,9 @@ def load(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         warnings.warn(f"{directory!r} is missing; loading the previous adapter an interrupted save set aside "
                       f"in {_backups(directory)[0]!r} (the next save to {directory!r} restores it).")
         directory = path = _backups(directory)[0]
+    if os.path.isfile(path) and not str(path).endswith(".safetensors"):
+        raise ValueError(f"Adapter path {path!r} is a file; pass the adapter directory that holds {CONFIG_NAME} "
+                         f"and {WEIGHTS_NAME} (the directory save_adapters wrote).")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"Adapter checkpoint {path!r} does not exist. Pass the directory written by "
@@ -294,15 +299,7 @@ def read_config(directory: str) -> dict | None:
     path = os.path.join(str(directory), CONFIG_NAME)
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path!r} is not valid JSON ({e}); the file is damaged or truncated — "
-                         "save the adapter again.") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path!r} holds {type(meta).__name__}, not an adapter config object.")
-    return meta
+    return read_json(path, " The file is damaged or truncated: save the adapter again.")
 
 
 def is_hf_peft_config(meta: dict) -> bool:

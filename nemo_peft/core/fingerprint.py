@@ -106,9 +106,11 @@ def check_base(saved: dict | None, current: dict, source: str, strict: bool = Tr
     diffs = differences(saved, current)
     if not diffs:
         return
-    what = (f"{source} was trained on another base model: {'; '.join(diffs)} (adapter's base: "
-            f"{saved.get('model_class')} from {saved.get('source')!r}; this model: {current.get('model_class')} from "
-            f"{current.get('source')!r}).")
+    def origin(fp):
+        return f"{fp.get('model_class')} from {fp['source']!r}" if fp.get("source") else \
+            f"{fp.get('model_class')} built in Python"
+    what = (f"{source} was trained on another base model: {'; '.join(diffs)} (adapter's base: {origin(saved)}; "
+            f"this model: {origin(current)}).")
     if strict:
         raise ValueError(what + " Load it onto the base it was trained on, or pass strict_base=False "
                                 "(model.peft.strict_base=false / strict_base=false in generate.py) to load it anyway.")

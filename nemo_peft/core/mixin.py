@@ -181,9 +181,11 @@ class AdapterMixin:
             if n not in self.adapter_names:
                 raise ValueError(f"Unknown adapter {n!r}; this model has {self.adapter_names}.")
             for path, slot in slots.items():
-                if n in slot.adapters and not hasattr(slot.adapters[n], "merge"):
-                    raise ValueError(f"Adapter {n!r} at {path} ({type(slot.adapters[n]).__name__}) "
-                                     "cannot be merged into the base weights.")
+                adapter = slot.adapters[n] if n in slot.adapters else None
+                if adapter is not None and not hasattr(adapter, "merge"):
+                    why = getattr(adapter, "merge_refusal", None) or "its method has no merge (it is not a weight update)"
+                    raise ValueError(f"Adapter {n!r} at {path} ({type(adapter).__name__}) cannot be merged into the "
+                                     f"base weights: {why}")
         # Merge in slot order (LoRA on linear_qkv before the IA3 scale of its k rows) and
         # unmerge in reverse, so the composition is undone exactly.
         ordered = list(slots.items()) if sign > 0 else list(reversed(slots.items()))

@@ -47,6 +47,8 @@ class SFTDataModule(L.LightningDataModule):
         given = {"train": train_ds, "validation": validation_ds, "test": test_ds, "predict": predict_ds}
         self.configs: dict[str, dict | None] = {split: self._check_config(split, cfg) for split, cfg in given.items()}
         self.datasets: dict[str, SFTDataset] = {}
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_position: dict | None = None  # restored from a checkpoint, for the next train loader
         # a pad id only has to be a valid id: padded positions are masked out of the loss
         if tokenizer.pad_id is not None:
             self.pad_id = tokenizer.pad_id
@@ -113,7 +115,23 @@ class SFTDataModule(L.LightningDataModule):
         return functools.partial(collate_sft, pad_id=self.pad_id)  # a partial pickles for workers
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        self._train_loader = self._loader("train")
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+            self._train_position = None
+        return self._train_loader
+
+    # The train position is also in Lightning's fit-loop state, but Lightning applies that only
+    # when it builds the train loader after restoring it; with max_epochs set, it builds it
+    # earlier (estimated_stepping_batches). The data module's state is restored before either.
+    def state_dict(self) -> dict:
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._train_position = state.get("train_position")
+        if self._train_position is not None and self._train_loader is not None:  # built already: position it now
+            self._train_loader.load_state_dict(self._train_position)
+            self._train_position = None
 
     def val_dataloader(self):
         # Without validation data, fit should still run: Lightning calls this whenever the model

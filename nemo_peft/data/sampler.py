@@ -70,22 +70,26 @@ class ResumableDataLoader(DataLoader):
 
     _pass: dict | None = None  # {"epoch", "consumed"} of the pass being iterated
 
+    def _position_sampler(self) -> EpochShuffleSampler | None:
+        # None when Lightning rebuilt this loader around its own sampler (predict, distributed)
+        return self.sampler if isinstance(self.sampler, EpochShuffleSampler) else None
+
     def __iter__(self):
         # A generator: nothing is read until the first batch is asked for, i.e. after Lightning
         # has called set_epoch() and, when resuming, load_state_dict().
-        sampler = self._sampler()
+        sampler = self._position_sampler()
+        if sampler is None:
+            yield from super().__iter__()
+            return
         self._pass = {"epoch": sampler.epoch, "consumed": sampler.start}
         for batch in super().__iter__():
             self._pass["consumed"] = min(self._pass["consumed"] + self.batch_size, sampler.n)
             yield batch
 
-    def _sampler(self) -> EpochShuffleSampler:
-        if not isinstance(self.sampler, EpochShuffleSampler):
-            raise TypeError(f"ResumableDataLoader needs an EpochShuffleSampler, got {type(self.sampler).__name__}.")
-        return self.sampler
-
     def state_dict(self) -> dict:
-        sampler = self._sampler()
+        sampler = self._position_sampler()
+        if sampler is None:
+            return {}
         state = sampler.state_dict()
         if self._pass is not None:
             state["epoch"], state["start"] = self._pass["epoch"], self._pass["consumed"]
@@ -94,7 +98,13 @@ class ResumableDataLoader(DataLoader):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        sampler = self._sampler()
+        sampler = self._position_sampler()
+        if not state:
+            return
+        if sampler is None:
+            warnings.warn(f"Cannot restore the data position into a {type(self.sampler).__name__}: the resumed "
+                          "epoch restarts from its first batch.", stacklevel=2)
+            return
         state = dict(state)
         changed = [f"{k} {state[k]!r} -> {getattr(sampler, k)!r}" for k in ("n", "seed", "shuffle")
                    if k in state and state[k] != getattr(sampler, k)]

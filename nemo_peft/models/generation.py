@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nemo_peft.models.config import check_keys
+
 
 @dataclass
 class SamplingParams:
@@ -15,13 +17,18 @@ class SamplingParams:
     top_p: float = 1.0  # 1.0 = off
     seed: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self):  # messages name the Hydra key too (model.generation.*)
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens} (model.generation.max_new_tokens).")
         if not self.greedy and self.temperature <= 0:
-            raise ValueError("temperature must be > 0 for sampling; use greedy=True for argmax decoding.")
+            raise ValueError("temperature must be > 0 for sampling (model.generation.temperature); use greedy=True "
+                             "for argmax decoding.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p} (model.generation.top_p).")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SamplingParams":
+        return cls(**check_keys(cls, d, "model.generation"))
 
 
 def pick_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nemo_peft.core.fingerprint import check_base
+from nemo_peft.models.config import check_keys
 from nemo_peft.models.generation import SamplingParams
 
 # An adapter weight this large means training diverges (finite, so the guard below misses it).
@@ -32,16 +33,13 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "OptimConfig":
-        d = dict(d or {})
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"Unknown optim option(s) {unknown}; valid options: {sorted(valid)}.")
+        d = check_keys(cls, d or {}, "optim")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         cfg = cls(**d)
         if cfg.scheduler not in ("cosine", "linear", "constant"):
-            raise ValueError(f"optim.scheduler={cfg.scheduler!r}; use 'cosine', 'linear' or 'constant'.")
+            raise ValueError(f"optim.scheduler={cfg.scheduler!r} (model.optim.scheduler); use 'cosine', 'linear' "
+                             "or 'constant'.")
         return cfg
 
 
@@ -68,7 +66,7 @@ class SFTModule(L.LightningModule):
         self.model = model
         self.tokenizer = tokenizer
         self.optim = OptimConfig.from_dict(optim)
-        self.sampling = SamplingParams(**dict(generation or {}))
+        self.sampling = SamplingParams.from_dict(generation or {})
         self.eval_exact_match = eval_exact_match
         self.strict_loading = False  # our checkpoints hold adapter weights only
         self._em = {"correct": 0, "total": 0}

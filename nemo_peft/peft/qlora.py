@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from nemo_peft.peft.base import SlotContext, check_choice, check_flag, check_number, option_error, register
+from nemo_peft.peft.dora import DoraAdapter
 from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
 
 QUANT_TYPES = ("nf4",)
@@ -201,12 +202,14 @@ def _nf4_levels() -> torch.Tensor:
 
 class QLoraAdapter(LoraAdapter):
     """A LoRA adapter on a 4-bit host. It has no ``merge``: a quantized weight cannot absorb the
-    update, so ``merge_adapters`` refuses it before touching any weight."""
+    update, so ``merge_adapters`` refuses it, with ``merge_refusal``, before touching any weight."""
+
+    merge_refusal = ("QLoRA adapters cannot be merged: their host's weight is quantized (4-bit NF4). "
+                     "Load the adapter into a full-precision base model and merge there.")
 
     @property
     def merge(self):
-        raise AttributeError("QLoRA adapters cannot be merged: their host's weight is quantized (4-bit NF4). "
-                             "Load the adapter into a full-precision base model and merge there.")
+        raise AttributeError(self.merge_refusal)
 
 
 @register("qlora", section="qlora_tuning")
@@ -249,6 +252,12 @@ class QLoraPEFTConfig(LoraPEFTConfig):
                 raise ValueError(f"QLoRA block_size={self.block_size} does not divide the {numel} weights of "
                                  f"{ctx.host_path} ({host.out_features}x{host.in_features}); pick a block_size "
                                  "that does (a power of two such as 32 or 16).")
+            slot = getattr(ctx.block, ctx.spec.name)  # other adapters already on this host
+            dense = sorted({n for n, a in slot.adapters.items() if isinstance(a, DoraAdapter)} | slot.merged)
+            if dense:  # quantizing under them would break every later forward (DoRA) or unmerge
+                raise ValueError(f"QLoRA would quantize {ctx.host_path}, but adapter(s) {dense} there need its "
+                                 "full-precision weight (DoRA reads it; a merged adapter is folded into it). "
+                                 "Delete or unmerge them first, or use LoRA for this adapter.")
         compute = COMPUTE_DTYPES[self.compute_dtype]
         for ctx, host in todo:
             setattr(ctx.block, ctx.spec.host, NF4Linear.from_linear(host, self.block_size, self.double_quant, compute))

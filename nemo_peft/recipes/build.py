@@ -1,10 +1,13 @@
 """Build the model, data and trainer from a Hydra/omegaconf config (shared by the recipes)."""
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_peft.data.tokenizer import Tokenizer
@@ -17,6 +20,20 @@ from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
 
 def to_dict(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+# the keys each section reads: one added with Hydra's "+" that is not here is a typo, not a no-op
+MODEL_KEYS = ("arch", "restore_from_path", "from_scratch", "init_seed", "eval_exact_match",
+              "activations_checkpoint_granularity", "optim", "generation", "peft")
+
+
+def check_keys(node, allowed, where: str) -> None:
+    """Every key of ``node`` is in ``allowed``; else a clear error naming ``where`` and the close matches."""
+    unknown = sorted(set(node or {}) - set(allowed))
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
+        said = ", ".join(f"{k!r}" + (f" (did you mean {hints[k][0]!r}?)" if hints[k] else "") for k in unknown)
+        raise ValueError(f"Unknown key(s) {said} in {where}; valid keys: {', '.join(sorted(allowed))}.")
 
 
 def _scratch_model(family, scratch: dict, tokenizer: Tokenizer):
@@ -38,6 +55,7 @@ def _scratch_model(family, scratch: dict, tokenizer: Tokenizer):
 def load_base(model_cfg: DictConfig):
     """(model, tokenizer) from ``restore_from_path``, or a fresh random model of family ``arch`` from
     ``from_scratch`` (its config class's fields) with the byte-level tokenizer."""
+    check_keys(model_cfg, MODEL_KEYS, "model")
     family = family_named(model_cfg.get("arch", "gpt"))
     scratch = model_cfg.get("from_scratch")
     if scratch is None:
@@ -99,11 +117,14 @@ def build_data(data_cfg: DictConfig, tokenizer, model):
 
 def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: DictConfig | None = None) -> L.Trainer:
     kwargs = to_dict(trainer_cfg)
+    check_keys(kwargs, [*inspect.signature(L.Trainer).parameters, "num_threads"],
+               "trainer (lightning.Trainer's arguments, plus num_threads)")
     callbacks = []
     if kwargs.get("enable_checkpointing", True) and checkpoint_cfg is not None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        callbacks.append(ModelCheckpoint(dirpath=os.path.join(output_dir, "checkpoints"), **to_dict(checkpoint_cfg)))
+        checkpoint = to_dict(checkpoint_cfg)
+        check_keys(checkpoint, [k for k in inspect.signature(ModelCheckpoint).parameters if k != "dirpath"],
+                   "exp_manager.checkpoint (ModelCheckpoint's arguments)")
+        callbacks.append(ModelCheckpoint(dirpath=os.path.join(output_dir, "checkpoints"), **checkpoint))
     elif checkpoint_cfg is None:
         kwargs["enable_checkpointing"] = False
     torch.set_num_threads(int(kwargs.pop("num_threads", 0)) or torch.get_num_threads())

@@ -20,7 +20,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from nemo_peft.core import adapter_io
-from nemo_peft.recipes.build import build_data, build_model, build_trainer
+from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_keys
 
 LOCK_NAME = ".lock"
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's ckpt_path names for its own checkpoints
@@ -34,7 +34,14 @@ def _exact_match(trainer, module, data) -> float | None:
     return result[0].get("test_exact_match") if result else None
 
 
+ROOT_KEYS = ("name", "seed", "eval_before", "exp_manager", "model", "data", "trainer")
+EXP_MANAGER_KEYS = ("output_dir", "adapter_dir", "resume_from_checkpoint", "resume_if_exists", "overwrite",
+                    "checkpoint")
+
+
 def run_finetune(cfg: DictConfig) -> dict:
+    check_keys(cfg, ROOT_KEYS, "the finetune config")
+    check_keys(cfg.exp_manager, EXP_MANAGER_KEYS, "exp_manager")
     L.seed_everything(cfg.get("seed", 1234), verbose=False)
     em = cfg.exp_manager
     out_dir = str(em.output_dir)
@@ -42,6 +49,9 @@ def run_finetune(cfg: DictConfig) -> dict:
     with output_lock(out_dir):
         ckpt, replaced = resume_checkpoint(em, out_dir, adapter_dir)
         module = build_model(cfg.model)
+        if not module.model.adapter_names:  # nothing would be frozen: the whole base would train
+            raise ValueError("model.peft.peft_scheme is empty, so there is no adapter to train; set it to a method "
+                             "(e.g. model.peft.peft_scheme=lora). To run the base model alone use examples/generate.py.")
         print(module.model.trainable_parameters_summary().splitlines()[-1])
         checkpoints = em.get("checkpoint") is not None and cfg.trainer.get("enable_checkpointing", True)
         check_room(module, out_dir, adapter_dir, checkpoints)
@@ -70,7 +80,7 @@ def _fmt(x):
 # ---- one run per output directory ----
 def previous_run(out_dir: str, adapter_dir: str) -> list[str]:
     """What another run left in ``out_dir``: its adapter, its checkpoints."""
-    held = [f"an adapter ({adapter_dir})"] if adapter_io.exists(adapter_dir) else []
+    held = [f"adapter ({adapter_dir})"] if adapter_io.exists(adapter_dir) else []
     ckpts = sorted(glob.glob(os.path.join(out_dir, "checkpoints", "*.ckpt")))
     if ckpts:
         held.append(f"checkpoints ({', '.join(os.path.basename(c) for c in ckpts)})")
@@ -106,13 +116,12 @@ def resume_checkpoint(em, out_dir: str, adapter_dir: str) -> tuple[str | None, d
     if overwrite:
         print(f"exp_manager.overwrite=true: this run replaces {' and '.join(held)} in {out_dir}")
         return None, {c: os.path.getmtime(c) for c in glob.glob(os.path.join(out_dir, "checkpoints", "*.ckpt"))}
-    where = f"resume_from_checkpoint={explicit!r} is outside it, so this" if explicit else "This"
-    first = ("there is no checkpoints/last.ckpt to resume from (exp_manager.resume_if_exists=true needs one)"
-             if resume else f"set exp_manager.resume_if_exists=true to continue from {last}")
+    where = f"exp_manager.resume_from_checkpoint={explicit!r} is outside it, so this" if explicit else "This"
+    first = (f"There is no {last} to resume from (exp_manager.resume_if_exists=true needs one). Set"
+             if resume else f"Set exp_manager.resume_if_exists=true to continue from {last},")
     raise FileExistsError(
         f"exp_manager.output_dir={out_dir!r} already holds another run's {' and '.join(held)}. {where} run would "
-        f"replace them. To keep them, {first}; set exp_manager.overwrite=true to replace them; or pick another "
-        "exp_manager.output_dir.")
+        f"replace them. {first} exp_manager.overwrite=true to replace them, or pick another exp_manager.output_dir.")
 
 
 def _drop_replaced(old: dict) -> None:
@@ -218,7 +227,7 @@ def _save_adapter(module, adapter_dir: str, out_dir: str) -> None:
         module.save_adapters(adapter_dir)
     except OSError as e:
         last = os.path.join(out_dir, "checkpoints", "last.ckpt")
-        if not os.path.isfile(last):
+        if not os.path.isfile(last) or e.strerror is None:
             raise
         raise OSError(e.errno, f"{e.strerror} For this run: python examples/export.py --from-checkpoint {last} "
                                "--output <another adapter dir>") from e
