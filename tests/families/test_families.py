@@ -68,11 +68,13 @@ def test_a_third_family_is_one_descriptor(toy_family, tmp_path):
 
 def test_core_load_adapters_reads_only_our_format(tmp_path):
     """An HF PEFT directory is converted by nemo_peft.load_adapters; the model's own method names it."""
+    torch.manual_seed(0)
     model = GPTModel(GPTConfig(num_layers=1))
     model.add_adapter(LoraPEFTConfig(target_modules=["linear_qkv"], dim=2))
     from nemo_peft import save_hf_peft
 
     save_hf_peft(model, str(tmp_path / "hf"), base_model_name_or_path="base")
+    torch.manual_seed(0)  # the same base: adapters record theirs
     fresh = GPTModel(GPTConfig(num_layers=1))
     with pytest.raises(ValueError, match=r"Hugging Face PEFT adapter.*nemo_peft\.load_adapters"):
         fresh.load_adapters(str(tmp_path / "hf"))
