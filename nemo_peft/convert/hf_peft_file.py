@@ -11,7 +11,7 @@ from collections import defaultdict
 import torch
 from safetensors.torch import load_file
 
-from nemo_peft.core.json_file import read_json
+from nemo_peft.core.json_file import read_json, read_json_if_exists
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -49,10 +49,8 @@ def read_hf_peft(directory: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def read_fingerprint(directory: str) -> dict | None:
     """The base fingerprint our export wrote beside the adapter, or None (peft's own files have none)."""
-    path = os.path.join(str(directory), FINGERPRINT_NAME)
-    if not os.path.isfile(path):
-        return None
-    return read_json(path, " Delete it to load the adapter unchecked.")
+    return read_json_if_exists(os.path.join(str(directory), FINGERPRINT_NAME),
+                               " Delete it to load the adapter unchecked.")
 
 
 def check_config(cfg: dict, source: str) -> None:

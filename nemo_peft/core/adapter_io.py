@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
-from nemo_peft.core.json_file import read_json
+from nemo_peft.core.json_file import read_json_if_exists
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_weights.safetensors"
@@ -296,10 +296,8 @@ def load(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def read_config(directory: str) -> dict | None:
     """The parsed adapter_config.json of ``directory``, or None when there is none."""
-    path = os.path.join(str(directory), CONFIG_NAME)
-    if not os.path.isfile(path):
-        return None
-    return read_json(path, " The file is damaged or truncated: save the adapter again.")
+    return read_json_if_exists(os.path.join(str(directory), CONFIG_NAME),
+                               " The file is damaged or truncated: save the adapter again.")
 
 
 def is_hf_peft_config(meta: dict) -> bool:

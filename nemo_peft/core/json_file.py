@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def read_json(path: str, hint: str = "") -> dict:
@@ -16,3 +17,8 @@ def read_json(path: str, hint: str = "") -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path!r} holds a JSON {type(data).__name__}, not an object.{hint}")
     return data
+
+
+def read_json_if_exists(path: str, hint: str = "") -> dict | None:
+    """``read_json(path)``, or None when there is no such file (an optional side file)."""
+    return read_json(path, hint) if os.path.isfile(path) else None

@@ -183,23 +183,77 @@ class AdapterMixin:
             for path, slot in slots.items():
                 adapter = slot.adapters[n] if n in slot.adapters else None
                 if adapter is not None and not hasattr(adapter, "merge"):
-                    why = getattr(adapter, "merge_refusal", None) or "its method has no merge (it is not a weight update)"
+                    why = getattr(adapter, "merge_refusal", None) or \
+                        "its method has no merge (it is not a weight update)"
                     raise ValueError(f"Adapter {n!r} at {path} ({type(adapter).__name__}) cannot be merged into the "
                                      f"base weights: {why}")
-        # Merge in slot order (LoRA on linear_qkv before the IA3 scale of its k rows) and
-        # unmerge in reverse, so the composition is undone exactly.
-        ordered = list(slots.items()) if sign > 0 else list(reversed(slots.items()))
-        for path, slot in ordered:
-            block = self.get_submodule(path.rsplit(".", 1)[0])
-            for n in names:
-                if n not in slot.adapters or (n in slot.merged) == (sign > 0):
-                    continue  # not here, or already in the requested state
-                slot.adapters[n].merge(getattr(block, slot.spec.host), sign)
-                if sign > 0:
-                    slot.merged.add(n)
-                else:
-                    slot.merged.discard(n)
+        steps = self._merge_steps(slots, names) if sign > 0 else self._unmerge_steps(slots, names)
+        log = getattr(self, "_merge_log", [])
+        for path, n in steps:
+            slot = slots[path]
+            slot.adapters[n].merge(getattr(self.get_submodule(path.rpartition(".")[0]), slot.spec.host), sign)
+            if sign > 0:
+                slot.merged.add(n)
+                log.append((path, n))
+            else:
+                slot.merged.discard(n)
+                log.remove((path, n))
+        self._merge_log = log
         self.set_active_adapters(self.active_adapters)
+
+    @staticmethod
+    def _host_of(path: str, slot: AdapterSlot) -> str:
+        """The weight a slot's adapters merge into: ``block.host`` (a slot without a host stands alone)."""
+        block = path.rpartition(".")[0]
+        return f"{block}.{slot.spec.host or slot.spec.name}" if block else slot.spec.host or slot.spec.name
+
+    def _merge_steps(self, slots, names) -> list[tuple[str, str]]:
+        """(slot path, name) to merge, per host in the order forward applies them: slots in declaration
+        order, within a slot the active list's order. Merging ``n`` while an adapter that runs before it on
+        the same host stays unmerged would change the output (an IA3 scale would miss that adapter's update),
+        so that is refused before any weight changes."""
+        order = self.active_adapters + [n for n in self.adapter_names if n not in self.active_adapters]
+        seqs = defaultdict(list)  # host -> [(slot index, name index), path, name]
+        for path, slot in slots.items():
+            specs = type(self.get_submodule(path.rpartition(".")[0])).adapter_slots
+            index = [sp.name for sp in specs].index(slot.spec.name)
+            for n in slot.adapters:
+                seqs[self._host_of(path, slot)].append(((index, order.index(n)), path, n))
+        steps = []
+        for host, seq in seqs.items():
+            seq.sort()
+            for i, (_, path, n) in enumerate(seq):
+                if n not in names or n in slots[path].merged:
+                    continue
+                for _, p, m in seq[:i]:
+                    if (m not in names and m in self.active_adapters and m not in slots[p].merged
+                            and not _commute(slots[p], m, slots[path], n)):
+                        raise ValueError(
+                            f"Cannot merge {n!r} without {m!r}: {m!r} runs before it on {host} and is not merged, "
+                            f"so merging {n!r} alone would change the output; merge {[m, n]} together "
+                            f"(or {m!r} first).")
+                steps.append((path, n))
+        return steps
+
+    def _unmerge_steps(self, slots, names) -> list[tuple[str, str]]:
+        """(slot path, name) to unmerge: the exact reverse of the merge order. Unmerging ``n`` while an
+        adapter merged after it into the same host stays merged would not restore the weights (DoRA
+        rescales what it was merged onto), so that is refused before any weight changes."""
+        log = [(p, n) for p, n in getattr(self, "_merge_log", []) if p in slots and n in slots[p].merged]
+        missing = [(p, n) for p, s in slots.items() for n in s.merged if (p, n) not in log]
+        self._merge_log = log = missing + log  # merged outside _merge (no record): taken as merged first
+        for i, (path, n) in enumerate(log):
+            if n not in names:
+                continue
+            host = self._host_of(path, slots[path])
+            for p, m in log[i + 1:]:
+                if (m not in names and self._host_of(p, slots[p]) == host
+                        and not _commute(slots[p], m, slots[path], n)):
+                    raise ValueError(
+                        f"Cannot unmerge {n!r} while {m!r} stays merged: {m!r} was merged after it into {host}, "
+                        f"so taking {n!r} out first would not restore the weights; unmerge {m!r} first "
+                        f"(or {[n, m]} together).")
+        return [(p, n) for p, n in reversed(log) if n in names]
 
     # ---- state ----
     def adapter_state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:
@@ -270,6 +324,16 @@ class AdapterMixin:
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _commute(slot_a: AdapterSlot, a: str, slot_b: AdapterSlot, b: str) -> bool:
+    """Whether two adapters on one host merge and unmerge alike in either order: two plain updates
+    (W += ΔW: LoRA) or two diagonal scalings (IA3). DoRA (``rescales_host``) commutes with nothing."""
+    kinds = {slot_a.spec.kind, slot_b.spec.kind}
+    if kinds == {"scale"}:
+        return True
+    return kinds == {"lora"} and not any(getattr(s.adapters[n], "rescales_host", False)
+                                         for s, n in ((slot_a, a), (slot_b, b)))
 
 
 def _adapter_name_of(key: str) -> str:

@@ -16,6 +16,12 @@ from W_p A_pᵀ [size_p, r] and A_p A_pᵀ [r, r]. On a fused host covered part-
 
 The adapter reads the host weight through its block (``getattr(block, host)`` at call time),
 held as a plain attribute: the block is neither registered as a submodule nor copied.
+
+Stacked on one host (a LoRA or DoRA adapter running before it in the slot, unmerged): the host output
+it rescales already holds their updates, so W above is the host weight with those updates folded in
+(formed densely, only then). Its forward is then exactly what merging them in forward order gives, and
+merging an earlier adapter alone leaves its output unchanged. (Hugging Face peft normalises W alone
+there, so that merging changes its output.) Routed batches run each adapter on the bare host output.
 """
 from __future__ import annotations
 
@@ -32,14 +38,17 @@ from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig, check_mergeable
 class DoraAdapter(LoraAdapter):
     """LoRA A/B per part (see ``LoraAdapter``) plus a magnitude vector over the covered rows."""
 
+    rescales_host = True  # merging scales the host rows: order matters against other adapters there
+
     def __init__(self, block: nn.Module, host_name: str, in_features: int, out_slices: list[tuple[int, int]],
                  dim: int, alpha: float, dropout: float = 0.0, dropout_position: str = "pre",
-                 a_init: str = "xavier", b_init: str = "zero", use_rslora: bool = False):
+                 a_init: str = "xavier", b_init: str = "zero", use_rslora: bool = False, preceding=()):
         super().__init__(in_features, out_slices, dim, alpha, dropout, dropout_position, a_init, b_init, use_rslora)
         object.__setattr__(self, "_block", block)  # not a submodule: no state, no recursion, no copy
         self.host_name = host_name
-        # m starts at ‖W + s·B·A‖ (= ‖W‖ with B = 0), so the model is unchanged at initialisation.
-        self.magnitude = nn.Parameter(self.weight_norm().to(self.lora_a))
+        # m starts at ‖W + s·B·A‖ (= ‖W‖ with B = 0, W holding the updates of the adapters that will
+        # run before this one), so the model is unchanged at initialisation.
+        self.magnitude = nn.Parameter(self.weight_norm(fold(self._host_weight(), preceding)).to(self.lora_a))
         # m / n of the last merge, to undo it exactly (not saved: merge state is not part of a checkpoint)
         self.register_buffer("merge_factor", None, persistent=False)
 
@@ -54,10 +63,26 @@ class DoraAdapter(LoraAdapter):
                             "quantized (QLoRA) hosts are not supported.")
         return weight
 
+    def preceding(self) -> list[nn.Module]:
+        """The unmerged adapters that run before this one in its slot: their updates are in its input."""
+        for spec in type(self._block).adapter_slots:
+            slot = getattr(self._block, spec.name)
+            if spec.host != self.host_name or not any(a is self for a in slot.adapters.values()):
+                continue
+            if slot.routing is not None:  # routed: every adapter sees the bare host output
+                return []
+            names = [n for n in slot.active if n not in slot.merged]  # merged ones are in the weight already
+            mine = next((i for i, n in enumerate(names) if slot.adapters[n] is self), 0)
+            return [slot.adapters[n] for n in names[:mine]]
+        return []
+
     @torch.no_grad()
-    def weight_norm(self) -> torch.Tensor:
-        """‖W + s·B·A‖ per covered row, in fp32, without forming B·A (detached, as in peft)."""
-        weight, s = self._host_weight(), self.scale
+    def weight_norm(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """‖W + s·B·A‖ per covered row, in fp32, without forming B·A (detached, as in peft).
+
+        W: ``weight`` if given, else the host weight with the preceding adapters folded in."""
+        weight = fold(self._host_weight(), self.preceding()) if weight is None else weight
+        s = self.scale
         norms = []
         for _, start, size, a, b in self.parts():
             w = weight[start:start + size].float()
@@ -99,10 +124,11 @@ class DoraAdapter(LoraAdapter):
         """W ← m/n ⊙ (W + s·B·A) on the covered rows; sign=-1 restores W = W'·n/m − s·B·A.
 
         n is taken from the unmerged weight, as forward does, and m/n is kept for the unmerge, so the
-        round trip is exact up to rounding (also if m changed meanwhile; A and B must not change)."""
+        round trip is exact up to rounding (also if m changed meanwhile; A and B must not change).
+        The adapters before it in the slot must be merged first (``AdapterMixin._merge`` sees to it)."""
         check_mergeable(host)
         if sign > 0:
-            factor = (self.magnitude.double() / self.weight_norm().double())
+            factor = (self.magnitude.double() / self.weight_norm(host.weight).double())
             self.merge_factor = factor
         else:
             if self.merge_factor is None:
@@ -127,6 +153,22 @@ class DoraAdapter(LoraAdapter):
         return super().extra_repr() + f", dora(host={self.host_name})"
 
 
+@torch.no_grad()
+def fold(weight: torch.Tensor, adapters) -> torch.Tensor:
+    """``weight`` with the LoRA / DoRA ``adapters`` merged into it in order (a new fp32 tensor if any)."""
+    if not adapters:
+        return weight
+    weight = weight.float().clone()
+    for ad in adapters:
+        factor = (ad.magnitude.float() / ad.weight_norm(weight)) if isinstance(ad, DoraAdapter) else None
+        for i, (start, size, delta) in enumerate(ad.delta_weight()):
+            rows = weight[start:start + size]
+            rows += delta.to(rows.device)
+            if factor is not None:
+                rows *= ad._per_part(factor)[i][:, None]
+    return weight
+
+
 @register("dora", section="dora_tuning")
 @dataclass
 class DoraPEFTConfig(LoraPEFTConfig):
@@ -134,8 +176,9 @@ class DoraPEFTConfig(LoraPEFTConfig):
     trainable magnitude per output row of every adapted module."""
 
     def make_adapter(self, ctx: SlotContext, slices: list[tuple[int, int]], dim: int, alpha: float) -> nn.Module:
-        host = getattr(ctx.block, ctx.spec.host)
-        return DoraAdapter(
+        host, slot = getattr(ctx.block, ctx.spec.host), getattr(ctx.block, ctx.spec.name)
+        return DoraAdapter(  # the slot's active adapters will run before it (add_adapter appends it)
             ctx.block, ctx.spec.host, host.in_features, slices, dim, alpha, self.dropout, self.dropout_position,
             self.lora_A_init_method, self.lora_B_init_method, self.use_rslora,
+            preceding=[slot.adapters[n] for n in slot.active],
         )
