@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from nemo_peft.core import adapter_io
@@ -46,22 +47,32 @@ def run_finetune(cfg: DictConfig) -> dict:
     em = cfg.exp_manager
     out_dir = str(em.output_dir)
     adapter_dir = str(em.get("adapter_dir") or os.path.join(out_dir, "adapter"))
-    with output_lock(out_dir):
-        ckpt, replaced = resume_checkpoint(em, out_dir, adapter_dir)
+    # Under a multi-process strategy every process runs this recipe; the first one owns the directory
+    # (lock, refusal, room check, the adapter), the others follow its resume decision.
+    leader = rank_zero_only.rank == 0
+    with output_lock(out_dir) if leader else contextlib.nullcontext():
+        if leader:
+            ckpt, replaced = resume_checkpoint(em, out_dir, adapter_dir)
+        else:
+            ckpt, replaced = follower_checkpoint(em, out_dir), {}
         module = build_model(cfg.model)
         if not module.model.adapter_names:  # nothing would be frozen: the whole base would train
             raise ValueError("model.peft.peft_scheme is empty, so there is no adapter to train; set it to a method "
-                             "(e.g. model.peft.peft_scheme=lora). To run the base model alone use examples/generate.py.")
+                             "(e.g. model.peft.peft_scheme=lora). To run the base model alone use "
+                             "examples/generate.py.")
         print(module.model.trainable_parameters_summary().splitlines()[-1])
         checkpoints = em.get("checkpoint") is not None and cfg.trainer.get("enable_checkpointing", True)
-        check_room(module, out_dir, adapter_dir, checkpoints)
+        if leader:
+            check_room(module, out_dir, adapter_dir, checkpoints)
         data = build_data(cfg.data, module.tokenizer, module.model)
         trainer = build_trainer(cfg.trainer, out_dir, em.get("checkpoint"))
 
         before = _exact_match(trainer, module, data) if cfg.get("eval_before", True) else None
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
         after = _exact_match(trainer, module, data)
-
+        if not leader:
+            return {"exact_match_before": before, "exact_match_after": after, "adapter_dir": adapter_dir,
+                    "adapter_bytes": None, "trainer": trainer, "module": module}
         _save_adapter(module, adapter_dir, out_dir)
         _drop_replaced(replaced)
     size = sum(os.path.getsize(p) for p in (os.path.join(adapter_dir, f) for f in os.listdir(adapter_dir))
@@ -122,6 +133,14 @@ def resume_checkpoint(em, out_dir: str, adapter_dir: str) -> tuple[str | None, d
     raise FileExistsError(
         f"exp_manager.output_dir={out_dir!r} already holds another run's {' and '.join(held)}. {where} run would "
         f"replace them. {first} exp_manager.overwrite=true to replace them, or pick another exp_manager.output_dir.")
+
+
+def follower_checkpoint(em, out_dir: str) -> str | None:
+    """The checkpoint the leading process chose (``resume_checkpoint`` without its checks, which it made)."""
+    if em.get("resume_from_checkpoint"):
+        return str(em.resume_from_checkpoint)
+    last = os.path.join(out_dir, "checkpoints", "last.ckpt")
+    return last if em.get("resume_if_exists", False) and os.path.isfile(last) else None
 
 
 def _drop_replaced(old: dict) -> None:
