@@ -27,8 +27,9 @@ MODEL_KEYS = ("arch", "restore_from_path", "from_scratch", "init_seed", "eval_ex
               "activations_checkpoint_granularity", "optim", "generation", "peft")
 
 
-def check_keys(node, allowed, where: str) -> None:
-    """Every key of ``node`` is in ``allowed``; else a clear error naming ``where`` and the close matches."""
+def check_section_keys(node, allowed, where: str) -> None:
+    """Every key of config section ``node`` is in ``allowed``; else a clear error naming ``where`` and the
+    close matches. (Dataclass-backed options use ``models.config.check_keys``, which lists their fields.)"""
     unknown = sorted(set(node or {}) - set(allowed))
     if unknown:
         hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
@@ -55,15 +56,16 @@ def _scratch_model(family, scratch: dict, tokenizer: Tokenizer):
 def load_base(model_cfg: DictConfig):
     """(model, tokenizer) from ``restore_from_path``, or a fresh random model of family ``arch`` from
     ``from_scratch`` (its config class's fields) with the byte-level tokenizer."""
-    check_keys(model_cfg, MODEL_KEYS, "model")
+    check_section_keys(model_cfg, MODEL_KEYS, "model")
     family = family_named(model_cfg.get("arch", "gpt"))
     scratch = model_cfg.get("from_scratch")
     if scratch is None:
         model, tokenizer = load_pretrained(model_cfg.get("restore_from_path"))
         found = family_of(model)
         if found is not family:
-            raise ValueError(f"model.arch={family.name} but {model_cfg.get('restore_from_path') or 'the default model'!r} "
-                             f"holds a {type(model).__name__} ({found.name}); set model.arch={found.name}.")
+            source = model_cfg.get("restore_from_path") or "the default model"
+            raise ValueError(f"model.arch={family.name} but {source!r} holds a {type(model).__name__} "
+                             f"({found.name}); set model.arch={found.name}.")
         return model, tokenizer
     if model_cfg.get("restore_from_path"):
         raise ValueError("Set either model.restore_from_path or model.from_scratch, not both.")
@@ -117,12 +119,12 @@ def build_data(data_cfg: DictConfig, tokenizer, model):
 
 def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: DictConfig | None = None) -> L.Trainer:
     kwargs = to_dict(trainer_cfg)
-    check_keys(kwargs, [*inspect.signature(L.Trainer).parameters, "num_threads"],
+    check_section_keys(kwargs, [*inspect.signature(L.Trainer).parameters, "num_threads"],
                "trainer (lightning.Trainer's arguments, plus num_threads)")
     callbacks = []
     if kwargs.get("enable_checkpointing", True) and checkpoint_cfg is not None:
         checkpoint = to_dict(checkpoint_cfg)
-        check_keys(checkpoint, [k for k in inspect.signature(ModelCheckpoint).parameters if k != "dirpath"],
+        check_section_keys(checkpoint, [k for k in inspect.signature(ModelCheckpoint).parameters if k != "dirpath"],
                    "exp_manager.checkpoint (ModelCheckpoint's arguments)")
         callbacks.append(ModelCheckpoint(dirpath=os.path.join(output_dir, "checkpoints"), **checkpoint))
     elif checkpoint_cfg is None:

@@ -21,7 +21,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from nemo_peft.core import adapter_io
-from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_keys
+from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys
 
 LOCK_NAME = ".lock"
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's ckpt_path names for its own checkpoints
@@ -41,8 +41,8 @@ EXP_MANAGER_KEYS = ("output_dir", "adapter_dir", "resume_from_checkpoint", "resu
 
 
 def run_finetune(cfg: DictConfig) -> dict:
-    check_keys(cfg, ROOT_KEYS, "the finetune config")
-    check_keys(cfg.exp_manager, EXP_MANAGER_KEYS, "exp_manager")
+    check_section_keys(cfg, ROOT_KEYS, "the finetune config")
+    check_section_keys(cfg.exp_manager, EXP_MANAGER_KEYS, "exp_manager")
     L.seed_everything(cfg.get("seed", 1234), verbose=False)
     em = cfg.exp_manager
     out_dir = str(em.output_dir)

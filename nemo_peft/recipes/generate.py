@@ -8,11 +8,12 @@ from omegaconf import DictConfig
 
 from nemo_peft.core.adapter_io import atomic_write
 from nemo_peft.families import load_adapters
-from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_keys
+from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys
 
 
 def run_generate(cfg: DictConfig) -> list[dict]:
-    check_keys(cfg, ("adapter_path", "strict_base", "output_file", "model", "data", "trainer"), "the generate config")
+    check_section_keys(cfg, ("adapter_path", "strict_base", "output_file", "model", "data", "trainer"),
+                       "the generate config")
     module = build_model(cfg.model)  # the adapter file carries its own config
     if cfg.get("adapter_path"):
         load_adapters(module, cfg.adapter_path, strict_base=cfg.get("strict_base", True))
