@@ -14,8 +14,10 @@ def _round_up(n: int, multiple: int | None) -> int:
 
 
 def _text_fields(batch: list[dict]) -> dict:
-    """What evaluation needs besides the tensors: each item's answer text and record."""
-    return {"answers": [item["answer"] for item in batch], "metadata": [item["metadata"] for item in batch]}
+    """What evaluation needs besides the tensors: each item's answer text and record, and which
+    items are repeats that only pad a data-parallel process's share (``sampler.Padded``)."""
+    return {"answers": [item["answer"] for item in batch], "metadata": [item["metadata"] for item in batch],
+            "duplicate": torch.tensor([bool(item.get("duplicate", False)) for item in batch])}
 
 
 def collate_sft(batch: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nemo_peft.data.collate import collate_sft
-from nemo_peft.data.sampler import EpochShuffleSampler, ResumableDataLoader
+from nemo_peft.data.sampler import EpochShuffleSampler, Padded, ResumableDataLoader
 from nemo_peft.data.sft_dataset import SFTDataset
 from nemo_peft.data.tokenizer import Tokenizer
 
@@ -95,17 +95,26 @@ class SFTDataModule(L.LightningDataModule):
             self.datasets[split] = self.dataset_cls(tokenizer=self.tokenizer, **kwargs)
         return self.datasets[split]
 
+    def data_parallel(self) -> tuple[int, int]:
+        """(number of data-parallel processes, this one's rank) under the trainer's strategy."""
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        shard = getattr(strategy, "distributed_sampler_kwargs", None) or {}
+        return int(shard.get("num_replicas", 1)), int(shard.get("rank", 0))
+
     def _loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split)
         cfg = self.configs[split]
         seed = int(cfg["seed"])
+        replicas, rank = self.data_parallel()
+        pad = split != "train" and replicas > 1  # every sample evaluated once, every process as many batches
         # Resumable: Lightning checkpoints the train loader's position (epoch + samples consumed).
         # A private generator for the workers' base seed: creating an iterator then draws nothing
         # from the global RNG, which dropout uses and checkpoints restore.
         return ResumableDataLoader(
-            dataset,
+            Padded(dataset) if pad else dataset,
             batch_size=int(cfg["micro_batch_size"]),
-            sampler=EpochShuffleSampler(len(dataset), seed=seed, shuffle=bool(cfg["shuffle"])),
+            sampler=EpochShuffleSampler(len(dataset), seed=seed, shuffle=bool(cfg["shuffle"]), replicas=replicas,
+                                        rank=rank, pad=pad),
             collate_fn=self.collate_fn(),
             num_workers=int(cfg["num_workers"]),
             generator=torch.Generator().manual_seed(seed),

@@ -1,6 +1,7 @@
 """KV-cached batched decoding (greedy or sampling) for GPT-style models."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +49,17 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generato
     return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
 
 
+def finished(done: bool, all_done: Callable[[bool], bool] | None) -> bool:
+    return done if all_done is None else all_done(done)
+
+
 @torch.no_grad()
 def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None = None,
-             params: SamplingParams | None = None, eos_id: int | None = None) -> list[list[int]]:
+             params: SamplingParams | None = None, eos_id: int | None = None,
+             all_done: Callable[[bool], bool] | None = None) -> list[list[int]]:
     """Continue each LEFT-padded row of ``context_ids``; returns the new tokens per row,
-    cut after the first EOS (EOS itself not included)."""
+    cut after the first EOS (EOS itself not included). ``all_done(this process's rows are done)``,
+    under a sharded model, says whether every process's are, so all stop at the same step."""
     params = params or SamplingParams()
     b, t = context_ids.shape
     device = context_ids.device
@@ -79,7 +86,7 @@ def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None
             done |= tok == eos_id
         out[:, step] = tok
         steps = step + 1
-        if eos_id is not None and bool(done.all()) or steps == params.max_new_tokens:
+        if steps == params.max_new_tokens or eos_id is not None and finished(bool(done.all()), all_done):
             break
         if padded:
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)

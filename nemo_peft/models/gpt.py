@@ -57,6 +57,9 @@ class GPTConfig(ModelConfig):
 
 
 class GPTModel(nn.Module, AdapterMixin):
+    # FSDP2 (models/fsdp.py): methods called besides forward that read the root's weights
+    fsdp_forward_methods = ("logits", "lm_loss")
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
@@ -68,6 +71,10 @@ class GPTModel(nn.Module, AdapterMixin):
         if not cfg.share_embeddings_and_output_weights:
             self.output_layer = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The blocks FSDP2 shards one by one."""
+        return list(self.decoder.layers)
 
     # --- forward ---
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None,

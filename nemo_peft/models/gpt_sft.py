@@ -17,7 +17,7 @@ class GPTSFTModel(SFTModule):
         return self.model(batch["input_ids"], return_hidden=True), batch["loss_mask"] > 0
 
     def generate_ids(self, batch) -> list[list[int]]:
-        return generate(self.model, batch["context_ids"], batch["context_mask"], self.sampling, eos_id=self.eos_id)
+        return generate(self.model, batch["context_ids"], batch["context_mask"], self.sampling, eos_id=self.eos_id, all_done=self.all_done())
 
     def prompt_ids(self, batch, i: int) -> torch.Tensor:
         return batch["context_ids"][i][batch["context_mask"][i].bool()]

@@ -3,20 +3,24 @@ decoder steps one token at a time over a KV cache (self-attention keys/values gr
 cross-attention keys/values of the encoder output are computed at the first step)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from nemo_peft.models.generation import SamplingParams, cut_at_eos, pick_token
+from nemo_peft.models.generation import SamplingParams, cut_at_eos, finished, pick_token
 
 
 @torch.no_grad()
 def generate_seq2seq(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                      params: SamplingParams | None = None, eos_id: int | None = None,
-                     decoder_start_id: int | None = None, use_cache: bool = True) -> list[list[int]]:
+                     decoder_start_id: int | None = None, use_cache: bool = True,
+                     all_done: Callable[[bool], bool] | None = None) -> list[list[int]]:
     """The generated tokens of each row of ``input_ids`` (padded on either side: T5's relative
     positions make the side irrelevant), cut before the first EOS (EOS itself not included).
 
     ``decoder_start_id`` defaults to ``model.config.decoder_start_token_id``. ``use_cache=False``
     re-runs the whole model on the growing decoder input every step (a slow reference).
+    ``all_done`` keeps processes of a sharded model in step (see ``generation.generate``).
     """
     params = params or SamplingParams()
     if decoder_start_id is None:
@@ -46,7 +50,7 @@ def generate_seq2seq(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
             done |= tok == eos_id
         out[:, step] = tok
         steps = step + 1
-        if eos_id is not None and bool(done.all()):
+        if eos_id is not None and finished(bool(done.all()), all_done):
             break
         decoder_ids = torch.cat([decoder_ids, tok[:, None]], dim=1)
     return cut_at_eos(out[:, :steps], eos_id)

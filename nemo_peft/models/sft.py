@@ -1,58 +1,26 @@
 """SFTModule: what every family's Lightning module shares — adapters, the answer-only
-training step, validation/test loss and exact match, prediction rows, the optimizer and
-adapter-only checkpoints. A family's module (``gpt_sft.py``, ``t5_sft.py``) adds only how
-its model reads a batch and how it generates."""
+training step over a global batch, validation/test loss and exact match, prediction rows,
+the optimizer and adapter-only checkpoints, under one process or a data-parallel strategy
+(DDP, FSDP2). A family's module (``gpt_sft.py``, ``t5_sft.py``) adds only how its model reads
+a batch and how it generates."""
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nemo_peft.core.fingerprint import check_base
-from nemo_peft.models.config import check_keys
+from nemo_peft.models import fsdp
 from nemo_peft.models.generation import SamplingParams
+from nemo_peft.models.optim import OptimConfig, lr_factor
 
 # An adapter weight this large means training diverges (finite, so the guard below misses it).
 WEIGHT_WARN_MAGNITUDE = 1e4
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.98)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    scheduler: str = "cosine"  # "cosine" | "linear" | "constant"
-    min_lr: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "OptimConfig":
-        d = check_keys(cls, d or {}, "optim")
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        cfg = cls(**d)
-        if cfg.scheduler not in ("cosine", "linear", "constant"):
-            raise ValueError(f"optim.scheduler={cfg.scheduler!r} (model.optim.scheduler); use 'cosine', 'linear' "
-                             "or 'constant'.")
-        return cfg
-
-
-def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
-    """Linear warmup, then cosine/linear decay to min_lr (as a factor of lr)."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.scheduler == "constant" or total <= cfg.warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.scheduler == "cosine" else 1 - progress
-    floor = cfg.min_lr / cfg.lr
-    return floor + (1 - floor) * decay
 
 
 class SFTModule(L.LightningModule):
@@ -69,7 +37,8 @@ class SFTModule(L.LightningModule):
         self.sampling = SamplingParams.from_dict(generation or {})
         self.eval_exact_match = eval_exact_match
         self.strict_loading = False  # our checkpoints hold adapter weights only
-        self._em = {"correct": 0, "total": 0}
+        self._eval = torch.zeros(4, dtype=torch.float64)  # correct, scored, loss sum, loss tokens
+        self._window = torch.zeros(2, dtype=torch.float64)  # this process's loss sum, tokens since the last step
         self._warned_magnitude = False
         self._resync_lr = False
 
@@ -86,18 +55,40 @@ class SFTModule(L.LightningModule):
     def forward(self, *args, **kw):
         return self.model(*args, **kw)
 
+    def configure_model(self):
+        # Under Lightning's ModelParallelStrategy (trainer.strategy=fsdp) shard once, over its data-parallel mesh.
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None and not fsdp.is_sharded(self.model):
+            fsdp.shard_model(self.model, mesh["data_parallel"])
+
+    def all_done(self):
+        """For generation: None, or under FSDP a check that every process's rows are finished."""
+        if not fsdp.is_sharded(self.model):
+            return None
+        return lambda done: fsdp.everyone_done(done, self.device)
+
     # ---- loss ----
     def hidden_and_targets(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(final hidden states [B, T, H], boolean mask [B, T] of the positions that are trained on)."""
         raise NotImplementedError
 
-    def loss(self, batch) -> torch.Tensor:
-        """Mean cross-entropy over answer tokens only. The LM head runs only on those
-        positions, which saves most of its cost on prompt-heavy data."""
+    def loss_sum(self, batch, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """(sum of the answer tokens' cross-entropies, their number), over the rows where ``rows``
+        is true (all by default). The LM head runs only on those positions, which saves most of
+        its cost on prompt-heavy data."""
         hidden, keep = self.hidden_and_targets(batch)
-        if not bool(keep.any()):
+        if rows is not None:
+            keep = keep & rows.to(keep.device)[:, None]
+        n = int(keep.sum())
+        if n == 0 and rows is None:
             raise ValueError(f"A batch has no answer tokens to train on; {self.no_targets_hint}.")
-        return self.model.lm_loss(hidden[keep], batch["labels"][keep])
+        mean = self.model.lm_loss(hidden[keep], batch["labels"][keep]) if n else hidden.sum() * 0.0
+        return mean * n, n
+
+    def loss(self, batch) -> torch.Tensor:
+        """Mean cross-entropy over the batch's answer tokens."""
+        total, n = self.loss_sum(batch)
+        return total / n
 
     def on_train_start(self):
         self.train()  # loaders return models in eval mode; dropout must be live while training
@@ -105,27 +96,53 @@ class SFTModule(L.LightningModule):
             self._resync_lr = False
             self._apply_schedule()
 
+    # The loss of an optimizer step is the mean over the trained tokens of the whole global batch
+    # (every micro-batch of the accumulation window, every data-parallel process), as Megatron's
+    # per-token loss: a micro-batch returns its token-loss sum, and before the step the gradients,
+    # which Lightning divided by the accumulation count and DDP / FSDP averaged over processes, are
+    # scaled by accumulation x processes / tokens. Splitting a batch differently gives the same step.
     def training_step(self, batch, batch_idx):
-        loss = self.loss(batch)
-        if not bool(torch.isfinite(loss)):
-            self._stop_non_finite(f"the loss is {loss.item()}")
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
-        return loss
+        total, n = self.loss_sum(batch)
+        if not bool(torch.isfinite(total)):
+            self._stop_non_finite(f"the loss is {total.item() / n}")
+        self._window += torch.tensor([total.item(), n], dtype=torch.float64)
+        return total
 
-    # ---- evaluation ----
+    def _finish_global_batch(self, optimizer) -> None:
+        window = self._window.to(self.device)
+        if self.trainer.world_size > 1:
+            window = self.trainer.strategy.reduce(window, reduce_op="sum")
+        loss_sum, tokens = window.tolist()
+        self._window.zero_()
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens
+        for p in self._trained(optimizer):
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        self.log("train_loss", loss_sum / tokens, prog_bar=True)
+        self.log("lr", optimizer.param_groups[0]["lr"], prog_bar=True)
+
+    # ---- evaluation: sums over every process, each sample once ----
     def _eval_step(self, batch, prefix: str):
-        n = batch["input_ids"].shape[0]
-        self.log(f"{prefix}_loss", self.loss(batch), prog_bar=True, batch_size=n)
+        real = ~batch["duplicate"] if "duplicate" in batch else None
+        total, n = self.loss_sum(batch, rows=real)
+        stats = [0.0, 0.0, total.item(), n]
         if self.eval_exact_match:
             preds = self.generate_texts(batch)
-            self._em["correct"] += sum(p.strip() == a.strip() for p, a in zip(preds, batch["answers"]))
-            self._em["total"] += n
+            scored = range(len(preds)) if real is None else [i for i in range(len(preds)) if bool(real[i])]
+            stats[:2] = sum(preds[i].strip() == batch["answers"][i].strip() for i in scored), len(scored)
+        self._eval += torch.tensor(stats, dtype=torch.float64)
 
     def _eval_epoch_end(self, prefix: str):
-        if self.eval_exact_match and self._em["total"]:
-            self.log(f"{prefix}_exact_match", 100.0 * self._em["correct"] / self._em["total"], prog_bar=True)
-        self._em = {"correct": 0, "total": 0}
+        stats = self._eval.to(self.device)
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        correct, scored, loss_sum, tokens = stats.tolist()
+        self._eval.zero_()
+        # the values are already the same on every process: sync_dist only keeps Lightning from warning
+        if tokens:
+            self.log(f"{prefix}_loss", loss_sum / tokens, prog_bar=True, sync_dist=True)
+        if self.eval_exact_match and scored:
+            self.log(f"{prefix}_exact_match", 100.0 * correct / scored, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -178,12 +195,14 @@ class SFTModule(L.LightningModule):
         return [p for group in optimizer.param_groups for p in group["params"]]
 
     def on_before_optimizer_step(self, optimizer):
+        self._finish_global_batch(optimizer)
         # With a GradScaler (16-mixed) inf gradients are expected: the scaler skips that step.
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return
         grads = [p.grad for p in self._trained(optimizer) if p.grad is not None]
         if grads:
             norm = torch.nn.utils.get_total_norm(grads)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a sharded norm
             if not bool(torch.isfinite(norm)):
                 self._stop_non_finite(f"the gradient norm is {norm.item()}")
 
@@ -193,7 +212,12 @@ class SFTModule(L.LightningModule):
         if not params:
             return
         with torch.no_grad():  # amax propagates NaN, so one reduction checks both
-            peak = torch.stack([p.detach().abs().amax().float() for p in params]).amax().item()
+            local = [p.to_local() if hasattr(p, "to_local") else p for p in params]  # FSDP: this shard
+            peak = torch.stack([p.detach().abs().amax().float() if p.numel() else p.new_zeros((), dtype=torch.float)
+                                for p in local]).amax()
+            if fsdp.is_sharded(self.model):
+                peak = self.trainer.strategy.reduce(peak, reduce_op="max")
+            peak = peak.item()
         if not math.isfinite(peak):
             self._stop_non_finite("an adapter weight became non-finite in the optimizer step")
         if peak > WEIGHT_WARN_MAGNITUDE and not self._warned_magnitude:

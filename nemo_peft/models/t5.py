@@ -80,6 +80,8 @@ class T5Config(ModelConfig):
 
 
 class T5Model(nn.Module, AdapterMixin):
+    # FSDP2 (models/fsdp.py): methods called besides forward that read the root's weights
+    fsdp_forward_methods = ("logits", "lm_loss", "encode")
     """``embedding`` (shared by encoder and decoder; its prompt slots prepend virtual tokens to
     the encoder input), ``encoder`` and ``decoder`` stacks, and ``output_layer`` when untied."""
 
@@ -95,6 +97,10 @@ class T5Model(nn.Module, AdapterMixin):
         self._init_weights()
 
     # --- forward ---
+    def fsdp_units(self) -> list[nn.Module]:
+        """The blocks FSDP2 shards one by one."""
+        return [*self.encoder.layers, *self.decoder.layers]
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder output [B, n+S, d_model]; n active virtual tokens (prompt tuning) come first."""
         x = self.embedding.word_embeddings(input_ids)

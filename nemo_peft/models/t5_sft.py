@@ -21,7 +21,8 @@ class T5SFTModel(SFTModule):
 
     def generate_ids(self, batch) -> list[list[int]]:
         return generate_seq2seq(self.model, batch["input_ids"], batch.get("attention_mask"), self.sampling,
-                                eos_id=self.eos_id, decoder_start_id=self.model.config.decoder_start_token_id)
+                                eos_id=self.eos_id, decoder_start_id=self.model.config.decoder_start_token_id,
+                                all_done=self.all_done())
 
     def prompt_ids(self, batch, i: int) -> torch.Tensor:
         mask = batch.get("attention_mask")

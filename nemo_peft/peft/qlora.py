@@ -217,6 +217,10 @@ class QLoraAdapter(LoraAdapter):
 class QLoraPEFTConfig(LoraPEFTConfig):
     """LoRA's options plus the 4-bit storage of the base linears (see the module docstring)."""
 
+    # models/fsdp.py asks this: the packed 4-bit weights are buffers, which fully_shard leaves whole
+    fsdp_unsupported = ("its 4-bit base weights are stored as packed uint8 buffers, which FSDP2's fully_shard does "
+                        "not shard, so every process would hold the whole quantized base anyway.")
+
     adapter_class = QLoraAdapter
     quant_type: str = "nf4"  # torchao provides NF4
     double_quant: bool = False  # quantize the block scales to int8 too

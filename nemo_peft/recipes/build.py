@@ -10,12 +10,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from nemo_peft.data.position import AlignBatchCount
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.families import FAMILIES, family_named, family_of, load_adapters, load_pretrained
 from nemo_peft.families.base import unwrap
 from nemo_peft.families.io import remember_tokenizer
 from nemo_peft.peft.schemes import configs_from_peft_section
 from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
+from nemo_peft.recipes.strategies import build_strategy, check_devices, data_parallel_size
 
 
 def to_dict(node) -> dict:
@@ -23,7 +25,7 @@ def to_dict(node) -> dict:
 
 
 # the keys each section reads: one added with Hydra's "+" that is not here is a typo, not a no-op
-MODEL_KEYS = ("arch", "restore_from_path", "from_scratch", "init_seed", "eval_exact_match",
+MODEL_KEYS = ("arch", "restore_from_path", "from_scratch", "init_seed", "eval_exact_match", "global_batch_size",
               "activations_checkpoint_granularity", "optim", "generation", "peft")
 
 
@@ -117,11 +119,13 @@ def build_data(data_cfg: DictConfig, tokenizer, model):
     return family.data_module_cls(tokenizer, **family.data_module_args(unwrap(model)), **splits)
 
 
-def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: DictConfig | None = None) -> L.Trainer:
+def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: DictConfig | None = None,
+                  callbacks: list | None = None) -> L.Trainer:
     kwargs = to_dict(trainer_cfg)
     check_section_keys(kwargs, [*inspect.signature(L.Trainer).parameters, "num_threads"],
                "trainer (lightning.Trainer's arguments, plus num_threads)")
-    callbacks = []
+    check_devices(kwargs)
+    callbacks = [*(callbacks or []), AlignBatchCount()]
     if kwargs.get("enable_checkpointing", True) and checkpoint_cfg is not None:
         checkpoint = to_dict(checkpoint_cfg)
         check_section_keys(checkpoint, [k for k in inspect.signature(ModelCheckpoint).parameters if k != "dirpath"],
@@ -129,6 +133,28 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: Dict
         callbacks.append(ModelCheckpoint(dirpath=os.path.join(output_dir, "checkpoints"), **checkpoint))
     elif checkpoint_cfg is None:
         kwargs["enable_checkpointing"] = False
-    torch.set_num_threads(int(kwargs.pop("num_threads", 0)) or torch.get_num_threads())
+    threads = int(kwargs.pop("num_threads", 0))
+    if not threads and kwargs.get("accelerator", "cpu") == "cpu":  # CPU processes of one node share its cores
+        per_node = data_parallel_size(kwargs) // int(kwargs.get("num_nodes", 1) or 1)
+        threads = max(1, torch.get_num_threads() // per_node)
+    torch.set_num_threads(threads or torch.get_num_threads())
+    kwargs["strategy"] = build_strategy(kwargs)
+    # the data module splits batches over data-parallel processes itself (data/sampler.py), resumably
+    kwargs.setdefault("use_distributed_sampler", False)
     return L.Trainer(default_root_dir=output_dir, callbacks=callbacks, plugins=[SafeCheckpointIO()],
-                     logger=kwargs.pop("logger", False), **kwargs)
+                     logger=_logger(kwargs.pop("logger", False), output_dir), **kwargs)
+
+
+def _logger(logger, output_dir: str):
+    """``trainer.logger``: false, true (Lightning's default), csv or tensorboard (under <output_dir>/logs)."""
+    if logger == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(output_dir, name="logs")
+    if logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(output_dir, name="logs")
+    if isinstance(logger, str):
+        raise ValueError(f"trainer.logger={logger!r}; use false, true, csv or tensorboard.")
+    return logger

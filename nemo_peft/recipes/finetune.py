@@ -17,11 +17,12 @@ import tempfile
 import time
 
 import lightning as L
-from lightning.fabric.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from nemo_peft.core import adapter_io
-from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys
+from nemo_peft.models.fsdp import full_adapter_weights
+from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys, to_dict
+from nemo_peft.recipes.strategies import AdapterDDPStrategy, accumulation, data_parallel_size
 
 LOCK_NAME = ".lock"
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's ckpt_path names for its own checkpoints
@@ -47,9 +48,12 @@ def run_finetune(cfg: DictConfig) -> dict:
     em = cfg.exp_manager
     out_dir = str(em.output_dir)
     adapter_dir = str(em.get("adapter_dir") or os.path.join(out_dir, "adapter"))
-    # Under a multi-process strategy every process runs this recipe; the first one owns the directory
-    # (lock, refusal, room check, the adapter), the others follow its resume decision.
-    leader = rank_zero_only.rank == 0
+    trainer_cfg, batch_line = batch_arithmetic(cfg)
+    trainer = build_trainer(trainer_cfg, out_dir, em.get("checkpoint"))
+    # Under a multi-process strategy every process runs this recipe: the first one speaks and owns the
+    # directory (lock, refusal, room check, the adapter); the others follow its resume decision.
+    leader = trainer.global_rank == 0
+    say = print if leader else _silent
     with output_lock(out_dir) if leader else contextlib.nullcontext():
         if leader:
             ckpt, replaced = resume_checkpoint(em, out_dir, adapter_dir)
@@ -60,20 +64,24 @@ def run_finetune(cfg: DictConfig) -> dict:
             raise ValueError("model.peft.peft_scheme is empty, so there is no adapter to train; set it to a method "
                              "(e.g. model.peft.peft_scheme=lora). To run the base model alone use "
                              "examples/generate.py.")
-        print(module.model.trainable_parameters_summary().splitlines()[-1])
+        say(module.model.trainable_parameters_summary().splitlines()[-1])
+        say(batch_line)
         checkpoints = em.get("checkpoint") is not None and cfg.trainer.get("enable_checkpointing", True)
         if leader:
             check_room(module, out_dir, adapter_dir, checkpoints)
         data = build_data(cfg.data, module.tokenizer, module.model)
-        trainer = build_trainer(cfg.trainer, out_dir, em.get("checkpoint"))
 
         before = _exact_match(trainer, module, data) if cfg.get("eval_before", True) else None
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+        if reduced_bytes_line(trainer, module):
+            say(reduced_bytes_line(trainer, module))
         after = _exact_match(trainer, module, data)
+        with full_adapter_weights(module.model):  # FSDP: every process gathers, the first writes
+            if leader:
+                _save_adapter(module, adapter_dir, out_dir)
         if not leader:
             return {"exact_match_before": before, "exact_match_after": after, "adapter_dir": adapter_dir,
                     "adapter_bytes": None, "trainer": trainer, "module": module}
-        _save_adapter(module, adapter_dir, out_dir)
         _drop_replaced(replaced)
     size = sum(os.path.getsize(p) for p in (os.path.join(adapter_dir, f) for f in os.listdir(adapter_dir))
                if os.path.isfile(p))
@@ -83,6 +91,34 @@ def run_finetune(cfg: DictConfig) -> dict:
     return {"exact_match_before": before, "exact_match_after": after, "adapter_dir": adapter_dir,
             "adapter_bytes": size, "trainer": trainer, "module": module}
 
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def batch_arithmetic(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """(the trainer section with accumulate_grad_batches derived from model.global_batch_size, and the
+    line that states the arithmetic)."""
+    trainer_cfg = cfg.trainer.copy()
+    kwargs = to_dict(trainer_cfg)
+    train = cfg.data.get("train_ds") or {}
+    micro = int(train.get("micro_batch_size", 4))
+    accumulate = accumulation(cfg.model.get("global_batch_size"), micro, kwargs)
+    with open_dict(trainer_cfg):
+        trainer_cfg.accumulate_grad_batches = accumulate
+    dp = data_parallel_size(kwargs)
+    return trainer_cfg, (f"global batch {micro * dp * accumulate} = micro batch {micro} x {dp} data-parallel "
+                         f"process(es) x {accumulate} accumulation step(s); loss = mean over its trained tokens")
+
+
+def reduced_bytes_line(trainer, module) -> str | None:
+    strategy = trainer.strategy
+    if not isinstance(strategy, AdapterDDPStrategy) or not strategy.steps:
+        return None
+    steps = strategy.steps
+    adapter = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    return (f"DDP all-reduced {strategy.reduced_bytes / steps / 1e6:.3f} MB of gradients per optimizer step "
+            f"(trainable adapter weights: {adapter / 1e6:.3f} MB; the frozen base is not synchronised)")
 
 def _fmt(x):
     return "n/a" if x is None else f"{x:.1f}%"

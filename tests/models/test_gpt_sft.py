@@ -58,7 +58,7 @@ def test_exact_match_counts_generated_answers():
     m._eval_step(b, "val")
     b["answers"] = [pred.strip() + "x"]
     m._eval_step(b, "val")
-    assert m._em == {"correct": 1, "total": 2}
+    assert m._eval[:2].tolist() == [1, 2]  # correct, scored
 
 
 @pytest.mark.parametrize("arch", ["gpt", "t5"])
