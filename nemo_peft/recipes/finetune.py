@@ -20,9 +20,10 @@ import lightning as L
 from omegaconf import DictConfig, open_dict
 
 from nemo_peft.core import adapter_io
-from nemo_peft.models.fsdp import full_adapter_weights
+from nemo_peft.models.fsdp import check_shardable, full_adapter_weights
 from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys, to_dict
-from nemo_peft.recipes.strategies import AdapterDDPStrategy, accumulation, data_parallel_size
+from nemo_peft.recipes.strategies import AdapterDDPStrategy, AdapterFSDPStrategy, accumulation, data_parallel_size
+from nemo_peft.recipes.throughput import ThroughputMonitor
 
 LOCK_NAME = ".lock"
 CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # Lightning's ckpt_path names for its own checkpoints
@@ -49,7 +50,7 @@ def run_finetune(cfg: DictConfig) -> dict:
     out_dir = str(em.output_dir)
     adapter_dir = str(em.get("adapter_dir") or os.path.join(out_dir, "adapter"))
     trainer_cfg, batch_line = batch_arithmetic(cfg)
-    trainer = build_trainer(trainer_cfg, out_dir, em.get("checkpoint"))
+    trainer = build_trainer(trainer_cfg, out_dir, em.get("checkpoint"), callbacks=[ThroughputMonitor()])
     # Under a multi-process strategy every process runs this recipe: the first one speaks and owns the
     # directory (lock, refusal, room check, the adapter); the others follow its resume decision.
     leader = trainer.global_rank == 0
@@ -64,6 +65,8 @@ def run_finetune(cfg: DictConfig) -> dict:
             raise ValueError("model.peft.peft_scheme is empty, so there is no adapter to train; set it to a method "
                              "(e.g. model.peft.peft_scheme=lora). To run the base model alone use "
                              "examples/generate.py.")
+        if isinstance(trainer.strategy, AdapterFSDPStrategy):
+            check_shardable(module.model)  # before any process starts
         say(module.model.trainable_parameters_summary().splitlines()[-1])
         say(batch_line)
         checkpoints = em.get("checkpoint") is not None and cfg.trainer.get("enable_checkpointing", True)

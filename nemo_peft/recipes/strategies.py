@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 
@@ -104,10 +105,10 @@ def build_strategy(trainer_kwargs: dict):
         return AdapterFSDPStrategy(data_parallel_size(trainer_kwargs))
     if name in StrategyRegistry.available_strategies() or name == "auto":
         return name
-    lightning = sorted(s for s in StrategyRegistry.available_strategies() if s not in OURS)
-    raise ValueError(f"trainer.strategy={name!r} is not a strategy; use auto (one process), ddp (data parallel; "
-                     f"trainer=ddp), fsdp (FSDP2, shards the frozen base too; trainer=fsdp), or a Lightning strategy "
-                     f"name: {', '.join(lightning)}.")
+    close = difflib.get_close_matches(name, [*OURS, *StrategyRegistry.available_strategies()], n=1)
+    raise ValueError(f"trainer.strategy={name!r} is not a strategy{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                     "use auto (one process), ddp (data parallel; or trainer=ddp), fsdp (FSDP2, shards the frozen base "
+                     "too; or trainer=fsdp), or a name in Lightning's StrategyRegistry (e.g. ddp_spawn, deepspeed).")
 
 
 def accumulation(global_batch_size, micro_batch_size: int, trainer_kwargs: dict) -> int:
