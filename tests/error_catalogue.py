@@ -427,6 +427,21 @@ def _rerun_used_dir(tmp):
     finetune(tmp)
 
 
+def _cores(n: int):
+    """This machine seen as having ``n`` CPU cores, so a trigger does not depend on the real count."""
+    return mock.patch("os.sched_getaffinity", lambda pid: set(range(n)))
+
+
+def _too_many_devices(tmp):
+    with _cores(4):
+        finetune(tmp, "trainer.devices=64")
+
+
+def _fsdp_qlora(tmp):
+    with _cores(4):  # trainer=fsdp asks for two processes
+        finetune(tmp, "trainer=fsdp", "model.peft.peft_scheme=qlora")
+
+
 def _arch_mismatch(tmp):
     finetune(tmp, "model.arch=t5", f"model.restore_from_path={native_base(tmp)}", model="smollm2")
 
@@ -612,6 +627,45 @@ _CATALOGUE_SPEC = [
      ("ValueError: Unknown key(s) 'max_step' (did you mean 'max_steps'?) in trainer (lightning.Trainer's "
       "arguments, plus num_threads); valid keys: accelerator, accumulate_grad_batches, barebones, …"),
      "Use an argument of `lightning.Trainer` (here `trainer.max_steps`)."),
+    ("global-batch-not-divisible", "config",
+     "A global batch that is not a multiple of micro batch x processes (`model.global_batch_size=12`, micro batch 8)",
+     lambda tmp: finetune(tmp, "model.global_batch_size=12"),
+     (_V, r"model\.global_batch_size=12 is not a multiple of data\.train_ds\.micro_batch_size \(8\) x "
+          r"data-parallel processes \(1 .*\) = 8; set it to a multiple of 8"),
+     ("ValueError: model.global_batch_size=12 is not a multiple of data.train_ds.micro_batch_size (8) x "
+      "data-parallel processes (1 = trainer.devices x trainer.num_nodes) = 8; set it to a multiple of …"),
+     "Set `model.global_batch_size` to a multiple of micro batch x devices x nodes, or change the micro batch size."),
+    ("global-batch-and-accumulation", "config",
+     "`trainer.accumulate_grad_batches` that disagrees with `model.global_batch_size`",
+     lambda tmp: finetune(tmp, "model.global_batch_size=16", "trainer.accumulate_grad_batches=3"),
+     (_V, r"trainer\.accumulate_grad_batches=3 disagrees with model\.global_batch_size=16 \(= 8 x 1 x 2\)"),
+     ("ValueError: trainer.accumulate_grad_batches=3 disagrees with model.global_batch_size=16 (= 8 x 1 x 2); "
+      "set only one of them."),
+     "Set only one of them: `model.global_batch_size` derives the accumulation."),
+    ("trainer-unknown-strategy", "config", "A strategy that does not exist (`trainer.strategy=dpp`)",
+     lambda tmp: finetune(tmp, "trainer.strategy=dpp"),
+     (_V, r"trainer\.strategy='dpp' is not a strategy \(did you mean 'ddp'\?\)"),
+     ("ValueError: trainer.strategy='dpp' is not a strategy (did you mean 'ddp'?); use auto (one process), ddp "
+      "(data parallel; or trainer=ddp), fsdp (FSDP2, shards the frozen base too; or …"),
+     "Use `auto`, `ddp`, `fsdp` (or `trainer=ddp` / `trainer=fsdp`), or a name in Lightning's StrategyRegistry."),
+    ("fsdp-qlora", "config", "FSDP with QLoRA (`trainer=fsdp model.peft.peft_scheme=qlora`)",
+     _fsdp_qlora,
+     (_V, r"trainer\.strategy=fsdp cannot train adapter 'default' \(qlora\): its 4-bit base weights.*"
+          r"Use trainer\.strategy=ddp"),
+     ("ValueError: trainer.strategy=fsdp cannot train adapter 'default' (qlora): its 4-bit base weights are "
+      "stored as packed uint8 buffers, which FSDP2's fully_shard does not shard, so every process …"),
+     "Train QLoRA with `trainer=ddp` (or one process); FSDP shards full-precision bases only."),
+    ("trainer-too-many-devices", "config", "More CPU devices than the machine has cores (`trainer.devices=64`)",
+     _too_many_devices,
+     (_V, r"trainer\.devices=64 but this machine has 4 CPU core\(s\) available; set trainer\.devices to at most 4"),
+     ("ValueError: trainer.devices=64 but this machine has … CPU core(s) available; set trainer.devices to at "
+      "most … (each CPU device is one process)."),
+     "Set `trainer.devices` to at most the number of cores (each CPU device is one process), or the GPUs visible."),
+    ("trainer-unknown-logger", "config", "A logger that does not exist (`trainer.logger=wandb`)",
+     lambda tmp: finetune(tmp, "trainer.logger=wandb"),
+     (_V, r"trainer\.logger='wandb'; use false, true, csv or tensorboard"),
+     "ValueError: trainer.logger='wandb'; use false, true, csv or tensorboard.",
+     "Use `false`, `true` (Lightning's default), `csv` or `tensorboard` (both write under `<output_dir>/logs`)."),
     ("data-t5-key-on-gpt", "config",
      "An encoder-decoder data option for a GPT model (`+data.train_ds.context_key=input`)",
      lambda tmp: finetune(tmp, "+data.train_ds.context_key=input"),
