@@ -55,8 +55,12 @@ def full_adapter_weights(model: nn.Module):
     """Inside, every sharded adapter parameter of ``model`` is whole (a plain tensor) on every
     process, e.g. for ``save_adapters``; the sharded ones are put back on exit. A collective:
     every process must enter. Nothing happens for a model that is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
+    for module in model.modules():  # the root keeps its weights gathered after a forward: shard it back first
+        if isinstance(module, FSDPModule):
+            module.reshard()
     swapped = []
     try:
         for module, name, param in list(_adapter_parameters(model)):

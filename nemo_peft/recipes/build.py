@@ -17,7 +17,7 @@ from nemo_peft.families.base import unwrap
 from nemo_peft.families.io import remember_tokenizer
 from nemo_peft.peft.schemes import configs_from_peft_section
 from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
-from nemo_peft.recipes.strategies import build_strategy, check_devices, data_parallel_size
+from nemo_peft.recipes.strategies import build_strategy, check_devices, devices_per_node
 
 
 def to_dict(node) -> dict:
@@ -135,8 +135,7 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: Dict
         kwargs["enable_checkpointing"] = False
     threads = int(kwargs.pop("num_threads", 0))
     if not threads and kwargs.get("accelerator", "cpu") == "cpu":  # CPU processes of one node share its cores
-        per_node = data_parallel_size(kwargs) // int(kwargs.get("num_nodes", 1) or 1)
-        threads = max(1, torch.get_num_threads() // per_node)
+        threads = max(1, torch.get_num_threads() // devices_per_node(kwargs))
     torch.set_num_threads(threads or torch.get_num_threads())
     kwargs["strategy"] = build_strategy(kwargs)
     # the data module splits batches over data-parallel processes itself (data/sampler.py), resumably

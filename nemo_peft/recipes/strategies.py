@@ -72,11 +72,29 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
         return state if self.global_rank == 0 else {}
 
 
+def _accelerator(trainer_kwargs: dict):
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    name = trainer_kwargs.get("accelerator", "auto")
+    if name in ("gpu", "cuda") or name == "auto" and CUDAAccelerator.is_available():
+        return CUDAAccelerator
+    return CPUAccelerator if name in ("cpu", "auto") else None
+
+
+def devices_per_node(trainer_kwargs: dict) -> int:
+    """How many processes ``trainer.devices`` starts on a node, read as Lightning reads it."""
+    devices, accelerator = trainer_kwargs.get("devices", "auto"), _accelerator(trainer_kwargs)
+    if accelerator is None:  # another accelerator: take devices as given
+        return len(devices) if isinstance(devices, (list, tuple)) else 1 if devices in ("auto", None) else int(devices)
+    if devices in ("auto", None):
+        return accelerator.auto_device_count()
+    parsed = accelerator.parse_devices(devices)  # Lightning's own parser: its errors name the bad value
+    return len(parsed) if isinstance(parsed, (list, tuple)) else int(parsed)
+
+
 def data_parallel_size(trainer_kwargs: dict) -> int:
-    """How many processes split each batch: devices x num_nodes (1 without a multi-process strategy)."""
-    devices = trainer_kwargs.get("devices", 1)
-    count = len(devices) if isinstance(devices, (list, tuple)) else 1 if devices in ("auto", None) else int(devices)
-    return count * int(trainer_kwargs.get("num_nodes", 1) or 1)
+    """How many processes split each batch: devices per node x num_nodes."""
+    return devices_per_node(trainer_kwargs) * int(trainer_kwargs.get("num_nodes", 1) or 1)
 
 
 def check_devices(trainer_kwargs: dict) -> None:

@@ -4,6 +4,7 @@ import os
 import re
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from nemo_peft.models.fsdp import check_shardable
@@ -23,17 +24,30 @@ from tests.helpers import make_model
     ({"devices": 1}, 1),
     ({"devices": 4}, 4),
     ({"devices": "3"}, 3),
-    ({"devices": [0, 2]}, 2),
-    ({"devices": (1,)}, 1),
     ({"devices": "auto"}, 1),
     ({"devices": None}, 1),
     ({"devices": 2, "num_nodes": 3}, 6),
-    ({"devices": [0, 1, 2], "num_nodes": 2}, 6),
     ({"devices": "auto", "num_nodes": 2}, 2),
     ({"devices": 2, "num_nodes": None}, 2),
 ])
 def test_data_parallel_size(kwargs, size):
-    assert data_parallel_size(kwargs) == size
+    assert data_parallel_size({"accelerator": "cpu", **kwargs}) == size
+
+
+def test_gpu_devices_are_read_as_lightning_reads_them(monkeypatch):
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    monkeypatch.setattr(CUDAAccelerator, "auto_device_count", staticmethod(lambda: 4))
+    monkeypatch.setattr(CUDAAccelerator, "parse_devices", staticmethod(lambda d: [0, 1, 2, 3] if d == -1 else [0, 1]))
+    assert data_parallel_size({"accelerator": "gpu", "devices": "auto"}) == 4  # one process per visible GPU
+    assert data_parallel_size({"accelerator": "gpu", "devices": -1, "num_nodes": 2}) == 8
+    assert data_parallel_size({"accelerator": "gpu", "devices": "0,1"}) == 2
+    assert accumulation(32, 4, {"accelerator": "gpu", "devices": -1}) == 2
+
+
+def test_devices_that_lightning_rejects_are_its_error():
+    with pytest.raises(TypeError, match="devices"):
+        data_parallel_size({"accelerator": "cpu", "devices": [0, 2]})
 
 
 # ---------------------------------------------------------------- global batch = micro x processes x accumulation
@@ -42,7 +56,7 @@ def test_data_parallel_size(kwargs, size):
     (16, 4, {}, 4),
     (16, 4, {"devices": 2}, 2),
     (16, 2, {"devices": 2, "num_nodes": 2}, 2),
-    (48, 2, {"devices": [0, 1, 2]}, 8),
+    (48, 2, {"devices": 3}, 8),
     (8, 8, {}, 1),
     (16, 4, {"devices": 2, "accumulate_grad_batches": 2}, 2),  # agreeing is fine
     (16, 4, {"devices": 2, "accumulate_grad_batches": 1}, 2),  # 1 is the default: derived wins
@@ -155,8 +169,6 @@ def test_more_cpu_devices_than_cores(monkeypatch):
 
 
 def test_more_gpus_than_visible(monkeypatch):
-    import torch
-
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     check_devices({"accelerator": "gpu", "devices": 1})
     for accelerator in ("gpu", "cuda"):
@@ -194,11 +206,14 @@ def test_qlora_next_to_a_shardable_adapter_is_named():
         check_shardable(model)
 
 
+PTUNING = dict(virtual_tokens=3, bottleneck_dim=8, embedding_dim=8)
+
+
 @pytest.mark.parametrize("configs", [
     [LoraPEFTConfig(target_modules=["all"], dim=2)],
-    [PtuningPEFTConfig(virtual_tokens=3, bottleneck_dim=8, embedding_dim=8)],
+    [PtuningPEFTConfig(**PTUNING)],
     [BottleneckAdapterPEFTConfig(adapter_dim=4)],
-    [PtuningPEFTConfig(virtual_tokens=3, bottleneck_dim=8, embedding_dim=8), BottleneckAdapterPEFTConfig(adapter_dim=4)],
+    [PtuningPEFTConfig(**PTUNING), BottleneckAdapterPEFTConfig(adapter_dim=4)],
 ], ids=["lora", "ptuning", "adapter", "ptuning+adapter"])
 def test_other_methods_can_be_sharded(configs):
     model = make_model("llama")
