@@ -114,14 +114,28 @@ def test_ptuning_and_adapter_together_under_ddp_and_fsdp2(tmp_path):
         assert_same_training(run, one, adapter_tol=1e-6 if strategy == "ddp" else 1e-5)
 
 
+def test_fsdp2_with_activation_checkpointing_and_qlora_under_ddp(tmp_path, one_process):
+    recomputed = finetune(tmp_path / "ckpt", "trainer=fsdp", "data.train_ds.micro_batch_size=4",
+                          "model.activations_checkpoint_granularity=full")
+    assert_same_training(recomputed, one_process, adapter_tol=1e-5)
+    qlora = "model.peft.peft_scheme=qlora"  # its 4-bit base cannot shard (an error under fsdp), but DDP takes it
+    one = finetune(tmp_path / "q1", qlora, "data.train_ds.micro_batch_size=8")
+    two = finetune(tmp_path / "q2", qlora, "trainer=ddp", "data.train_ds.micro_batch_size=4")
+    assert_same_training(two, one)
+
+
+def crash_at_step_3(out: Path, *extra):
+    crash = subprocess.run([sys.executable, str(Path(ROOT) / "tests" / "recipes" / "finetune_killed.py"), *COMMON,
+                            f"exp_manager.output_dir={out}", "data.train_ds.micro_batch_size=4", *extra],
+                           cwd=out.parent, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "KILL_AT_STEP": "3"})
+    assert crash.returncode != 0 and not (out / "adapter").exists(), crash.stderr[-2000:]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
 def test_ddp_resume_after_a_crash_with_the_same_and_with_fewer_processes(tmp_path, ddp):
     killed = tmp_path / "killed"
-    crash = subprocess.run([sys.executable, str(Path(ROOT) / "tests" / "recipes" / "finetune_killed.py"), *COMMON,
-                            f"exp_manager.output_dir={killed}", "trainer=ddp", "data.train_ds.micro_batch_size=4"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "KILL_AT_STEP": "3"})
-    assert crash.returncode != 0 and not (killed / "adapter").exists(), crash.stderr[-2000:]
-    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    crash_at_step_3(killed, "trainer=ddp")
     shutil.copytree(killed, tmp_path / "killed_copy")
 
     same = finetune(killed, "trainer=ddp", "data.train_ds.micro_batch_size=4", "exp_manager.resume_if_exists=true")
@@ -133,6 +147,14 @@ def test_ddp_resume_after_a_crash_with_the_same_and_with_fewer_processes(tmp_pat
     assert "Batch split changed since the checkpoint (data-parallel processes x micro batch: 2 x 4 -> 1 x 4)" \
            in fewer.stdout
     assert_same_training_tail(fewer, ddp, tol=1e-5)  # one process sums the same tokens in another order
+
+
+def test_resume_a_one_process_run_on_two_processes(tmp_path, one_process):
+    killed = tmp_path / "killed"
+    crash_at_step_3(killed)  # one process accumulating 2 micro-batches of 4
+    more = finetune(killed, "trainer=ddp", "data.train_ds.micro_batch_size=4", "exp_manager.resume_if_exists=true")
+    assert "which the checkpoint's 1 data-parallel process(es) had trained on; this run's 2 process(es)" in more.stdout
+    assert_same_training_tail(more, one_process, tol=1e-5)
 
 
 def assert_same_training_tail(resumed: Run, uninterrupted: Run, tol: float):
