@@ -16,11 +16,13 @@ setup(
         "safetensors>=0.4",
         "tokenizers>=0.19",
         "gguf>=0.10",
+        "jinja2>=3.1.6",  # chat templates (data/chat_template.py); older releases have sandbox escapes
         "numpy",
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate", "torchao>=0.10", "import-linter>=2.0", "hypothesis>=6.0"],
         "quant": ["torchao>=0.10"],  # QLoRA's 4-bit NF4 base weights (nemo_peft.peft.qlora)
+        "parquet": ["pyarrow"],  # Parquet data files (nemo_peft.data.record_files)
         "dev": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate"],
     },
 )

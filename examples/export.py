@@ -25,7 +25,8 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="output adapter directory")
     parser.add_argument("--name", default=None, help="adapter name (default: the only one / 'default')")
     parser.add_argument("--base-model-name", default=None,
-                        help="base_model_name_or_path written for --to-hf-peft (default: --base-model)")
+                        help="base_model_name_or_path written for --to-hf-peft (default: the Hub id in the "
+                             "GGUF's metadata, e.g. HuggingFaceTB/SmolLM2-135M-Instruct, else --base-model)")
     parser.add_argument("--model-type", default=None, choices=["gpt2", "llama", "mistral", "qwen2"],
                         help="HF module naming for --to-hf-peft (default: the base model's family)")
     parser.add_argument("--overwrite", action="store_true",

@@ -45,6 +45,7 @@ from nemo_peft import (CanonicalAdaptersPEFTConfig, DoraPEFTConfig, GPTConfig, G
                        save_hf_peft, save_model)
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.recipes.finetune import run_finetune
+from nemo_peft.recipes.generate import run_generate
 from nemo_peft.recipes.hydra_args import peft_scheme_args, register_resolvers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +185,15 @@ def finetune(tmp_path: Path, *extra, **kw):
     """``python examples/finetune.py`` with finetune_args, in-process."""
     with contextlib.redirect_stdout(io.StringIO()):
         return run_finetune(hydra_config(*finetune_args(tmp_path, *extra, **kw)))
+
+
+def generate(tmp_path: Path, *extra, model="tiny"):
+    """``python examples/generate.py`` on a small predict file, in-process."""
+    data = train_file(tmp_path)
+    args = [f"model={model}", f"data.predict_ds.file_names=[{data}]", f"output_file={tmp_path / 'predictions.jsonl'}",
+            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return run_generate(hydra_config(*args, config="generate"))
 
 
 def finetune_on(rows, *extra):
@@ -614,8 +624,21 @@ _CATALOGUE_SPEC = [
      lambda tmp: finetune(tmp, "+model.generation.num_beams=4"),
      (_V, r"Unknown model\.generation option\(s\) \['num_beams'\]; valid options: .*'top_p'"),
      ("ValueError: Unknown model.generation option(s) ['num_beams']; valid options: ['greedy', 'max_new_tokens', "
-      "'seed', 'temperature', 'top_k', 'top_p']."),
-     "Use `max_new_tokens`, `greedy`, `temperature`, `top_k`, `top_p` or `seed` (no beam search)."),
+      "'repetition_penalty', 'seed', 'stop', 'stop_token_ids', 'temperature', 'top_k', …"),
+     "Use an option the message lists (no beam search)."),
+    ("generate-unknown-generation-key", "config",
+     "A misspelt generation option in `generate.py` (`+model.generation.repetition_penalty_x=1.2`)",
+     lambda tmp: generate(tmp, "+model.generation.repetition_penalty_x=1.2"),
+     (_V, r"Unknown model\.generation option\(s\) \['repetition_penalty_x'\]; valid options: .*'repetition_penalty'"),
+     ("ValueError: Unknown model.generation option(s) ['repetition_penalty_x']; valid options: ['greedy', "
+      "'max_new_tokens', 'repetition_penalty', 'seed', 'stop', 'stop_token_ids', 'temperature', …"),
+     "Fix the key's spelling (here `model.generation.repetition_penalty`)."),
+    ("generation-repetition-penalty", "config", "A repetition penalty that is not positive (`model.generation.repetition_penalty=0`)",
+     lambda tmp: generate(tmp, "model.generation.repetition_penalty=0"),
+     (_V, r"repetition_penalty must be > 0, got 0"),
+     ("ValueError: repetition_penalty must be > 0, got 0 (model.generation.repetition_penalty); "
+      "1.0 turns it off."),
+     "Use a penalty > 0: 1.0 is off, above 1 (e.g. 1.2) discourages repeats."),
     ("generation-top-p", "config", "A generation value out of range (`model.generation.top_p=0`)",
      lambda tmp: finetune(tmp, "model.generation.top_p=0"),
      (_V, r"top_p must be in \(0, 1\], got 0"),

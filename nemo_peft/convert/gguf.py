@@ -20,6 +20,7 @@ import torch
 from nemo_peft.convert.gguf_tokenizer import build_gguf_tokenizer
 from nemo_peft.convert.hf_gpt import fill_rope
 from nemo_peft.convert.instantiate import instantiate
+from nemo_peft.convert.source_id import gguf_repo_id
 from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.models.gpt import GPTConfig, GPTModel
 from nemo_peft.modules.rope import rope_inv_freq
@@ -180,7 +181,8 @@ def build_config(meta: dict, tensors: dict, path: str = "") -> GPTConfig:
         bos_token_id=tok("bos"),
         eos_token_id=tok("eos"),
         pad_token_id=tok("padding"),
-        extra={"source": "gguf", "path": path, "gguf_arch": arch, "name": meta.get("general.name")},
+        extra={"source": "gguf", "path": path, "gguf_arch": arch, "name": meta.get("general.name"),
+               "hf_repo": gguf_repo_id(meta, path)},
     )
 
 
@@ -211,6 +213,13 @@ def convert_state_dict(tensors: dict, cfg: GPTConfig, arch: str) -> dict[str, to
     return {k: torch.from_numpy(np.require(v, np.float32, ["C", "W"])) for k, v in sd.items()}
 
 
+def load_gguf_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer (with its chat template) of a GGUF file, without reading the weights."""
+    path, reader = _open(path)
+    return build_gguf_tokenizer({k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")},
+                                path)
+
+
 def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> tuple[GPTModel, Tokenizer]:
     """(model, tokenizer) from a GGUF file; weights dequantized to ``dtype``."""
     path, reader = _open(path)
@@ -220,4 +229,4 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> tuple[GPTModel, 
     state = convert_state_dict(tensors, cfg, meta["general.architecture"])
 
     model = instantiate(GPTModel, cfg, state, f"GGUF file {path!r}", dtype, after_load=fill_rope)
-    return model.eval(), build_gguf_tokenizer(meta)
+    return model.eval(), build_gguf_tokenizer(meta, path)

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 # llama.cpp's token types (llama_token_type): 3 = CONTROL (special), 4 = USER_DEFINED (added, not special).
 CONTROL, USER_DEFINED = 3, 4
+CHAT_TEMPLATE_KEY = "tokenizer.chat_template"  # the default template; named ones (".tool_use") are not read
 
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -72,8 +73,9 @@ def _pre_tokenizer(pre: str | None):
     return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(kind), behavior="isolated"), byte_level])
 
 
-def build_gguf_tokenizer(meta: dict) -> Tokenizer:
-    """Our ``Tokenizer`` from GGUF metadata ``{key: value}`` (the ``tokenizer.ggml.*`` keys)."""
+def build_gguf_tokenizer(meta: dict, path: str | None = None) -> Tokenizer:
+    """Our ``Tokenizer`` from GGUF metadata ``{key: value}`` (the ``tokenizer.ggml.*`` keys, and
+    ``tokenizer.chat_template`` when the file embeds one); ``path`` names the file in errors."""
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise ValueError(
@@ -114,4 +116,7 @@ def build_gguf_tokenizer(meta: dict) -> Tokenizer:
         v = meta.get(f"tokenizer.ggml.{name}_token_id")
         return int(v) if v is not None and 0 <= int(v) < len(tokens) else None
 
-    return Tokenizer(backend, bos_id=special_id("bos"), eos_id=special_id("eos"), pad_id=special_id("padding"))
+    template = meta.get(CHAT_TEMPLATE_KEY)
+    source = f"GGUF metadata {CHAT_TEMPLATE_KEY!r}" + (f" of {path}" if path else "") if template else None
+    return Tokenizer(backend, bos_id=special_id("bos"), eos_id=special_id("eos"), pad_id=special_id("padding"),
+                     chat_template=template or None, chat_template_source=source)

@@ -5,18 +5,21 @@ The family converters (``hf_gpt.py``, ``hf_t5.py``) map names and configs on top
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from nemo_peft.convert.chat_template import write_chat_template
 from nemo_peft.core.adapter_io import atomic_write
 from nemo_peft.core.json_file import read_json  # noqa: F401  (re-exported for the converters)
-from nemo_peft.data.tokenizer import Tokenizer
+from nemo_peft.data.tokenizer import Tokenizer, read_chat_template_file
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+log = logging.getLogger(__name__)
 
 
 def is_hf_dir(path: str) -> bool:
@@ -120,18 +123,42 @@ def load_tokenizer(directory: str) -> Tokenizer | None:
         return None  # slow-tokenizer-only checkpoints (vocab.json / tokenizer.model) are not read
     from tokenizers import Tokenizer as _Backend
     try:
-        return Tokenizer(_Backend.from_file(path))
+        backend = _Backend.from_file(path)
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
         raise ValueError(f"Cannot read {path!r} ({e}); the file is damaged or from an unsupported version.") from None
+    template, source = read_hf_chat_template(directory)
+    return Tokenizer(backend, chat_template=template, chat_template_source=source)
+
+
+def read_hf_chat_template(directory: str) -> tuple[str | None, str | None]:
+    """(chat template, where it came from) as transformers finds it: chat_template.jinja first, else
+    tokenizer_config.json's "chat_template" (a string, or a list of {name, template}: "default")."""
+    template, source = read_chat_template_file(directory)
+    if template is not None:
+        return template, source
+    path = os.path.join(directory, "tokenizer_config.json")
+    value = read_json(path).get("chat_template") if os.path.isfile(path) else None
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        if "default" not in named:
+            log.warning("%s has chat templates %s but none named 'default'; the tokenizer gets no chat template "
+                        "(set the data config's chat_template or chat_template_file for chat data).",
+                        path, sorted(str(k) for k in named))
+        value = named.get("default")
+        source = f"{path} 'chat_template' (the one named 'default')"
+    else:
+        source = f"{path} 'chat_template'"
+    return (value, source) if isinstance(value, str) and value else (None, None)
 
 
 def save_tokenizer(tok: Tokenizer, directory: str, max_len: int) -> None:
     names = {t: tok.backend.id_to_token(i) for (k, t), i in zip(_SPECIAL, (tok.bos_id, tok.eos_id, tok.pad_id))
              if i is not None}
     atomic_write(os.path.join(directory, "tokenizer.json"), lambda tmp: tok.backend.save(tmp))
+    template = write_chat_template(directory, tok)  # apply_chat_template works on the export
     write_json(os.path.join(directory, "tokenizer_config.json"), {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
-        "clean_up_tokenization_spaces": False, **names})
+        "clean_up_tokenization_spaces": False, **names, **({"chat_template": template} if template else {})})
     write_json(os.path.join(directory, "special_tokens_map.json"), names)
 
 

@@ -47,7 +47,7 @@ def save_model(model, directory: str, tokenizer: Tokenizer | None = None, *, fmt
             json.dump({"format": fmt, "config": model.config.to_dict()}, f, indent=2)
     atomic_write(os.path.join(directory, "config.json"), write_cfg)
     if tokenizer is not None:
-        tokenizer.save(directory)
+        tokenizer.save(directory)  # with chat_template.jinja when the tokenizer has a template
 
 
 def load_model(directory: str, model_cls: type, config_cls: type, dtype: torch.dtype = torch.float32):

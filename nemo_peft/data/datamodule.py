@@ -9,13 +9,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from nemo_peft.data.collate import collate_sft
+from nemo_peft.data.packing import PackedDataset, collate_packed
 from nemo_peft.data.sampler import EpochShuffleSampler, Padded, ResumableDataLoader
 from nemo_peft.data.sft_dataset import SFTDataset
+from nemo_peft.data.sft_select import CHAT_KEYS, make_sft_dataset
 from nemo_peft.data.tokenizer import Tokenizer
 
 DATASET_KEYS = ("file_names", "prompt_template", "label_key", "max_seq_length", "truncation_field",
-                "add_bos", "add_eos", "max_num_samples")
-LOADER_KEYS = ("micro_batch_size", "shuffle", "num_workers", "seed")
+                "add_bos", "add_eos", "max_num_samples", *CHAT_KEYS)  # chat formats: data/sft_select.py
+LOADER_KEYS = ("micro_batch_size", "shuffle", "num_workers", "seed", "packed_sequence")
 SPLITS = ("train", "validation", "test", "predict")
 # which splits each Lightning stage needs; None (setup() with no stage) builds every configured one
 _STAGE_SPLITS = {"fit": ("train", "validation"), "validate": ("validation",), "test": ("test",),
@@ -27,6 +29,10 @@ class SFTDataModule(L.LightningDataModule):
 
     Each is a mapping of SFTDataset arguments plus `micro_batch_size` (4), `shuffle` (True for
     train, else False), `num_workers` (0) and `seed` (1234); None means the split is not used.
+    `packed_sequence` (train only, False) packs the train examples into rows of max_seq_length
+    (data/packing.py); `micro_batch_size` then counts rows.
+    `format` (auto), `chat_template`, `chat_template_file` and `train_on` (all_assistant) read chat
+    and instruction data with the model's chat template (data/sft_select.py, data/chat_dataset.py).
     Keys are checked here, datasets are read lazily in `setup()`. Subclasses for other kinds of
     data set ``dataset_cls``/``dataset_keys`` and ``collate_fn``.
     """
@@ -49,6 +55,7 @@ class SFTDataModule(L.LightningDataModule):
         self.datasets: dict[str, SFTDataset] = {}
         self._train_loader: ResumableDataLoader | None = None
         self._train_position: dict | None = None  # restored from a checkpoint, for the next train loader
+        self._packed_train: PackedDataset | None = None
         # a pad id only has to be a valid id: padded positions are masked out of the loss
         if tokenizer.pad_id is not None:
             self.pad_id = tokenizer.pad_id
@@ -77,6 +84,9 @@ class SFTDataModule(L.LightningDataModule):
         cfg.setdefault("seed", 1234)
         if int(cfg["micro_batch_size"]) < 1:
             raise ValueError(f"{split}_ds.micro_batch_size must be >= 1, got {cfg['micro_batch_size']}.")
+        if cfg.get("packed_sequence") and split != "train":
+            raise ValueError(f"{split}_ds.packed_sequence=true: packing is for training only, evaluation and "
+                             f"prediction read unpacked examples. Remove packed_sequence from {split}_ds.")
         return cfg
 
     def setup(self, stage: str | None = None) -> None:
@@ -92,8 +102,13 @@ class SFTDataModule(L.LightningDataModule):
                 raise ValueError(f"No {split}_ds configured but {split} data was asked for: set "
                                  f"{split}_ds (at least file_names) in the data config.")
             kwargs = {k: v for k, v in cfg.items() if k in self.dataset_keys}
-            self.datasets[split] = self.dataset_cls(tokenizer=self.tokenizer, **kwargs)
+            self.datasets[split] = self.make_dataset(split, kwargs)
         return self.datasets[split]
+
+    def make_dataset(self, split: str, kwargs: dict):
+        if self.dataset_cls is SFTDataset:  # `format` picks prompt_template (SFTDataset) or a chat dataset
+            return make_sft_dataset(self.tokenizer, kwargs, predict=split == "predict")
+        return self.dataset_cls(tokenizer=self.tokenizer, **kwargs)
 
     def data_parallel(self) -> tuple[int, int]:
         """(number of data-parallel processes, this one's rank) under the trainer's strategy."""
@@ -107,6 +122,9 @@ class SFTDataModule(L.LightningDataModule):
         seed = int(cfg["seed"])
         replicas, rank = self.data_parallel()
         pad = split != "train" and replicas > 1  # every sample evaluated once, every process as many batches
+        collate = self.collate_fn()
+        if cfg.get("packed_sequence"):  # the sampler then shuffles packed rows
+            dataset, collate = self._packed_rows(), functools.partial(collate_packed, pad_id=self.pad_id)
         # Resumable: Lightning checkpoints the train loader's position (epoch + samples consumed).
         # A private generator for the workers' base seed: creating an iterator then draws nothing
         # from the global RNG, which dropout uses and checkpoints restore.
@@ -115,13 +133,23 @@ class SFTDataModule(L.LightningDataModule):
             batch_size=int(cfg["micro_batch_size"]),
             sampler=EpochShuffleSampler(len(dataset), seed=seed, shuffle=bool(cfg["shuffle"]), replicas=replicas,
                                         rank=rank, pad=pad),
-            collate_fn=self.collate_fn(),
+            collate_fn=collate,
             num_workers=int(cfg["num_workers"]),
             generator=torch.Generator().manual_seed(seed),
         )
 
     def collate_fn(self):
         return functools.partial(collate_sft, pad_id=self.pad_id)  # a partial pickles for workers
+
+    def _packed_rows(self) -> PackedDataset:
+        """The train split packed once (fixed rows; each epoch reshuffles them), reported on rank 0."""
+        if self._packed_train is None:
+            cfg, dataset = self.configs["train"], self._dataset("train")
+            self._packed_train = PackedDataset(dataset)
+            if self.trainer is None or self.trainer.global_rank == 0:
+                order = EpochShuffleSampler(len(dataset), seed=int(cfg["seed"]), shuffle=bool(cfg["shuffle"])).order()
+                print(self._packed_train.report(int(cfg["micro_batch_size"]), order))
+        return self._packed_train
 
     def train_dataloader(self) -> DataLoader:
         self._train_loader = self._loader("train")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from nemo_peft.data.collate import collate_seq2seq
 from nemo_peft.data.datamodule import SFTDataModule
+from nemo_peft.data.sft_select import CHAT_KEYS
 from nemo_peft.data.jsonl import (JsonlDataset, check_max_num_samples, check_special_token, check_text_fields,
                                   file_name_list, read_jsonl_records)
 from nemo_peft.data.tokenizer import Tokenizer
@@ -99,6 +100,19 @@ class Seq2SeqDataModule(SFTDataModule):
                  predict_ds: Mapping | None = None):
         super().__init__(tokenizer, train_ds, validation_ds, test_ds, predict_ds)
         self.decoder_start_id = self.pad_id if decoder_start_id is None else decoder_start_id
+
+    def _check_config(self, split: str, cfg: Mapping | None) -> dict | None:
+        chat = sorted(k for k in (cfg or {}) if k in CHAT_KEYS)
+        if chat:
+            raise ValueError(f"{split}_ds has {chat}: chat formats (messages, sharegpt, alpaca rendered with a chat "
+                             "template) are read for GPT-style models only. T5 data is records with a context field "
+                             "and a label field: set context_key and label_key instead.")
+        # packed rows need a decoder-only model: an encoder-decoder would need packed encoder and decoder rows
+        if cfg is not None and cfg.get("packed_sequence"):
+            raise ValueError(f"{split}_ds.packed_sequence=true: sequence packing is for decoder-only (GPT-family) "
+                             "models; T5-style encoder-decoder models train on unpacked examples. Set "
+                             f"data.{split}_ds.packed_sequence=false.")
+        return super()._check_config(split, cfg)
 
     def collate_fn(self):
         return functools.partial(collate_seq2seq, pad_id=self.pad_id, decoder_start_id=self.decoder_start_id)

@@ -7,6 +7,7 @@ the model learns to produce.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import string
 
@@ -142,6 +143,18 @@ class SFTDataset(JsonlDataset):
             "answer": str(record[self.label_key]).strip(),
             "metadata": dict(record),
         }
+
+    @functools.cached_property
+    def stats(self) -> dict:
+        """What tokenizing every record gives (``data/summary.py``): read, truncated (prompt or answer
+        cut to max_seq_length) and the tokens each record needs uncut."""
+        tok, extra = self.tokenizer, int(self.add_bos) + int(self.add_eos)
+        needed = []
+        for record in self.records:
+            context, answer = self.split_record(record)
+            needed.append(len(tok.encode(context)) + len(tok.encode(answer)) + extra)
+        return {"read": len(self.records), "dropped": {}, "needed": needed,
+                "truncated": sum(n > self.max_seq_length for n in needed)}
 
     def tokenize_record(self, record: dict) -> tuple[list[int], list[int]]:
         """(context_ids, answer_ids) with len(context_ids) + len(answer_ids) <= max_seq_length."""

@@ -9,6 +9,7 @@ import torch
 from nemo_peft.convert import hf_peft, native
 from nemo_peft.convert.gguf import gguf_default_path
 from nemo_peft.convert.hf_dir import read_json
+from nemo_peft.convert.source_id import hub_cache_id
 from nemo_peft.core.adapter_io import is_hf_peft_config, read_config
 from nemo_peft.families.base import FAMILIES, family_of, family_of_format, family_of_hf_type, unwrap
 
@@ -28,8 +29,10 @@ def load_pretrained(path: str | None, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a GGUF file, our native directory or a Hugging Face directory, of
     any registered family. ``None`` or ``"default"`` means the embedded SmolLM2-135M-Instruct GGUF.
     The model remembers its tokenizer's vocabulary hash (adapters record it)."""
+    path = _resolve(path)
     model, tokenizer = _load_base(path, dtype)
     remember_tokenizer(model, tokenizer)
+    remember_source(model, path)
     return model, tokenizer
 
 
@@ -39,10 +42,20 @@ def remember_tokenizer(model, tokenizer) -> None:
         model.tokenizer_vocab_sha256 = tokenizer.vocab_sha256()
 
 
-def _load_base(path: str | None, dtype: torch.dtype):
+def remember_source(model, path: str) -> None:
+    """Record what HF-PEFT exports name as their base (``base_model_name_or_path``): the Hub id a GGUF
+    file's metadata or a Hub-cache directory spells, else the path loaded."""
+    found = model.config.extra.get("hf_repo") if os.path.isfile(path) else hub_cache_id(path)
+    model.base_model_name_or_path = found or path
+
+
+def _resolve(path: str | None) -> str:
     if path in (None, "", "default"):
-        path = gguf_default_path()
-    path = os.path.expanduser(str(path))
+        return gguf_default_path()
+    return os.path.expanduser(str(path))
+
+
+def _load_base(path: str, dtype: torch.dtype):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Model path {path!r} does not exist. Set model.restore_from_path to {_KINDS}, "
                                 "or null for the embedded SmolLM2-135M-Instruct.")
@@ -80,10 +93,15 @@ def save_hf(model, directory: str, tokenizer=None, model_type: str | None = None
     family_of(model).needs("save_hf")(model, directory, tokenizer, model_type=model_type)
 
 
-def save_hf_peft(model, directory: str, base_model_name_or_path: str, name: str = "default",
+def save_hf_peft(model, directory: str, base_model_name_or_path: str | None = None, name: str = "default",
                  model_type: str | None = None) -> dict:
-    """LoRA adapter ``name`` as a Hugging Face PEFT directory (``peft`` and vLLM load it)."""
+    """LoRA adapter ``name`` as a Hugging Face PEFT directory (``peft`` and vLLM load it).
+    ``base_model_name_or_path`` defaults to what ``load_pretrained`` remembered (the GGUF's Hub id)."""
     model = unwrap(model)
+    base_model_name_or_path = base_model_name_or_path or getattr(model, "base_model_name_or_path", None)
+    if not base_model_name_or_path:
+        raise ValueError("This model was not loaded from a checkpoint (load_pretrained), so its base has no "
+                         "name; pass base_model_name_or_path (export.py: --base-model-name), e.g. the Hub id.")
     return hf_peft.save_hf_peft(model, family_of(model).needs("hf_peft"), directory, base_model_name_or_path, name,
                                 model_type=model_type)
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from nemo_peft.models.config import check_keys
+from nemo_peft.models.stopping import RowStops, stop_ids_of
 
 
 @dataclass
@@ -17,6 +18,9 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     seed: int | None = None
+    repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages tokens already in the context or generated
+    stop: list[str] = field(default_factory=list)  # a row ends once its text contains one (cut from the text)
+    stop_token_ids: list[int] = field(default_factory=list)  # ids that end a row like EOS (e.g. end of turn)
 
     def __post_init__(self):  # messages name the Hydra key too (model.generation.*)
         if self.max_new_tokens < 1:
@@ -26,10 +30,55 @@ class SamplingParams:
                              "for argmax decoding.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p} (model.generation.top_p).")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty} "
+                             "(model.generation.repetition_penalty); 1.0 turns it off.")
+        # one value where a list belongs: a lone string would otherwise be read as its characters
+        self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r} (model.generation.stop).")
+        ids = self.stop_token_ids
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise ValueError(f"stop_token_ids must be a list of token ids (ints >= 0), got {ids!r} "
+                             "(model.generation.stop_token_ids).")
+        self.stop_token_ids = ids
 
     @classmethod
     def from_dict(cls, d: dict) -> "SamplingParams":
         return cls(**check_keys(cls, d, "model.generation"))
+
+    def with_max_new_tokens(self, max_new_tokens: int | None) -> "SamplingParams":
+        """A copy with another ``max_new_tokens`` (None: this one)."""
+        return self if max_new_tokens is None else replace(self, max_new_tokens=max_new_tokens)
+
+
+class RepetitionPenalty:
+    """transformers' ``RepetitionPenaltyLogitsProcessor``: the logit of a token already seen by a row
+    (in its context or generated) is divided by ``penalty`` when positive, multiplied when negative.
+    Padding is not context, so a padded row is penalised as it would be alone."""
+
+    def __init__(self, penalty: float, context_ids: torch.Tensor | None = None,
+                 context_mask: torch.Tensor | None = None):
+        self.penalty = penalty
+        self.context, self.mask = context_ids, context_mask
+        self.seen = None  # [B, V] bool, built at the first logits (they give V)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.penalty == 1.0:
+            return logits
+        if self.seen is None:
+            counts = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
+            if self.context is not None:  # a sum, not a scatter: a pad id may also be a real token of the row
+                keep = torch.ones_like(self.context) if self.mask is None else self.mask.long()
+                counts.scatter_add_(1, self.context, keep)
+            self.seen = counts > 0
+        penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+        return torch.where(self.seen, penalised, logits)
+
+    def add(self, tok: torch.Tensor) -> None:
+        if self.seen is not None:
+            self.seen[torch.arange(tok.shape[0], device=tok.device), tok] = True
 
 
 def pick_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
@@ -53,21 +102,55 @@ def finished(done: bool, all_done: Callable[[bool], bool] | None) -> bool:
     return done if all_done is None else all_done(done)
 
 
+class Decoding:
+    """One batch's decoding state, the same in the GPT and T5 loops: each step's logits go through the
+    repetition penalty, a token is picked, finished rows are masked and stop conditions checked."""
+
+    def __init__(self, params: SamplingParams, batch: int, device, eos_id: int | None = None,
+                 decode: Callable[[list[int]], str] | None = None, context_ids: torch.Tensor | None = None,
+                 context_mask: torch.Tensor | None = None):
+        self.params = params
+        self.gen = None if params.seed is None else torch.Generator(device=device).manual_seed(params.seed)
+        self.penalty = RepetitionPenalty(params.repetition_penalty, context_ids, context_mask)
+        self.stops = RowStops(batch, params.max_new_tokens, stop_ids_of(eos_id, params.stop_token_ids),
+                              params.stop, decode, device)
+        self.out = torch.empty(batch, params.max_new_tokens, dtype=torch.long, device=device)
+        self.steps = 0
+
+    def step(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token of every row (a filler for finished rows)."""
+        tok = self.stops.mask_finished(pick_token(self.penalty(logits), self.params, self.gen))
+        self.out[:, self.steps] = tok
+        self.stops.update(self.out, self.steps)
+        self.penalty.add(tok)
+        self.steps += 1
+        return tok
+
+    def over(self, all_done: Callable[[bool], bool] | None = None) -> bool:
+        """Out of tokens, or every row finished (under a sharded model: every process's, see ``generate``)."""
+        if self.steps == self.params.max_new_tokens:
+            return True
+        return self.stops.can_stop and finished(bool(self.stops.done.all()), all_done)
+
+    def rows(self) -> list[list[int]]:
+        return self.stops.rows(self.out[:, :self.steps])
+
+
 @torch.no_grad()
 def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None = None,
              params: SamplingParams | None = None, eos_id: int | None = None,
-             all_done: Callable[[bool], bool] | None = None) -> list[list[int]]:
-    """Continue each LEFT-padded row of ``context_ids``; returns the new tokens per row,
-    cut after the first EOS (EOS itself not included). ``all_done(this process's rows are done)``,
-    under a sharded model, says whether every process's are, so all stop at the same step."""
-    params = params or SamplingParams()
+             all_done: Callable[[bool], bool] | None = None, decode: Callable[[list[int]], str] | None = None,
+             max_new_tokens: int | None = None) -> list[list[int]]:
+    """Continue each LEFT-padded row of ``context_ids``; returns the new tokens per row, cut before the
+    first EOS or ``params.stop_token_ids`` id (not included) and after the token that completes a
+    ``params.stop`` string (``decode``, the tokenizer's, turns a row's tokens into the text checked;
+    ``stopping.cut_at_stop`` cuts the text). ``max_new_tokens`` overrides ``params.max_new_tokens``.
+    ``all_done(this process's rows are done)``, under a sharded model, says whether every process's
+    are, so all stop at the same step."""
+    params = (params or SamplingParams()).with_max_new_tokens(max_new_tokens)
     b, t = context_ids.shape
-    device = context_ids.device
     if context_mask is None:
         context_mask = torch.ones_like(context_ids)
-    gen = None
-    if params.seed is not None:
-        gen = torch.Generator(device=device).manual_seed(params.seed)
     cache = model.new_kv_cache(b, t + params.max_new_tokens)
     mask = context_mask.long()
     padded = not bool(mask.all())
@@ -76,17 +159,10 @@ def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None
                    kv_cache=cache, return_hidden=True)
     logits = model.logits(hidden[:, -1])  # only the last position needs the LM head
     next_pos = positions[:, -1:] + 1
-    out = torch.empty(b, params.max_new_tokens, dtype=torch.long, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    steps = 0
-    for step in range(params.max_new_tokens):
-        tok = pick_token(logits, params, gen)
-        if eos_id is not None:
-            tok = torch.where(done, torch.full_like(tok, eos_id), tok)
-            done |= tok == eos_id
-        out[:, step] = tok
-        steps = step + 1
-        if steps == params.max_new_tokens or eos_id is not None and finished(bool(done.all()), all_done):
+    state = Decoding(params, b, context_ids.device, eos_id, decode, context_ids, mask)
+    while True:
+        tok = state.step(logits)
+        if state.over(all_done):
             break
         if padded:
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
@@ -94,12 +170,4 @@ def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None
                        kv_cache=cache, return_hidden=True)
         logits = model.logits(hidden[:, -1])
         next_pos = next_pos + 1
-    return cut_at_eos(out[:, :steps], eos_id)
-
-
-def cut_at_eos(tokens: torch.Tensor, eos_id: int | None) -> list[list[int]]:
-    """Each row of generated ``tokens`` up to (not including) its first EOS."""
-    rows = tokens.tolist()
-    if eos_id is None:
-        return rows
-    return [row[:row.index(eos_id)] if eos_id in row else row for row in rows]
+    return state.rows()

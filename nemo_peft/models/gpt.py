@@ -13,6 +13,7 @@ from nemo_peft.modules.embedding import Embedding
 from nemo_peft.modules.gpt_layer import TransformerStack
 from nemo_peft.modules.kv_cache import KVCache
 from nemo_peft.modules.rope import RotaryEmbedding
+from nemo_peft.modules.segment_mask import segment_attention_mask, segment_positions
 
 
 @dataclass
@@ -78,11 +79,13 @@ class GPTModel(nn.Module, AdapterMixin):
 
     # --- forward ---
     def forward(self, input_ids, attention_mask=None, position_ids=None, kv_cache: KVCache | None = None,
-                return_hidden: bool = False):
+                return_hidden: bool = False, segment_ids=None):
         """Logits [B, T, V] (or the final hidden states with ``return_hidden``).
 
         ``attention_mask`` [B, past+T] marks real tokens (1) and padding (0); with a
         cache it covers the cached positions too. Without padding leave it None.
+        ``segment_ids`` [B, T] (packed rows: 1, 2, ... per example, 0 on padding) keeps attention
+        within each example; ``position_ids`` then default to restarting at 0 per example.
         """
         b, t = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
@@ -90,6 +93,10 @@ class GPTModel(nn.Module, AdapterMixin):
         # 0..n-1; they enter the cache once, at prefill, and are cut from the output.
         virtual = self.embedding.virtual_tokens()
         n = 0 if virtual is None else virtual.shape[0]
+        if segment_ids is not None:
+            _check_packed(attention_mask, kv_cache, n)
+            if position_ids is None:
+                position_ids = segment_positions(segment_ids)
         if position_ids is None:
             start = past if past else n
             position_ids = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
@@ -104,7 +111,10 @@ class GPTModel(nn.Module, AdapterMixin):
         x = self.embedding(input_ids, position_ids, virtual if prepend else None)
         t_in = x.shape[1]
         rope = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
-        mask = _attention_mask(attention_mask, past, t_in, input_ids.device, self.config.sliding_window)
+        if segment_ids is not None:  # built once here, shared by every layer
+            mask = segment_attention_mask(segment_ids, self.config.sliding_window)
+        else:
+            mask = _attention_mask(attention_mask, past, t_in, input_ids.device, self.config.sliding_window)
         x = self.decoder(x, rope, mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(t_in)
@@ -130,6 +140,19 @@ class GPTModel(nn.Module, AdapterMixin):
         virtual = self.embedding.virtual_tokens()
         max_len += 0 if virtual is None else virtual.shape[0]
         return KVCache(c.num_layers, batch_size, max_len, c.num_query_groups, c.head_dim, p.dtype, p.device)
+
+
+def _check_packed(attention_mask, kv_cache, virtual: int) -> None:
+    """Packed rows (``segment_ids``) are a training input: padding is segment 0, there is no cache,
+    and virtual tokens in front of a row would be seen by its first example only."""
+    if attention_mask is not None:
+        raise ValueError("Give segment_ids or attention_mask, not both: segment 0 already marks padding.")
+    if kv_cache is not None:
+        raise ValueError("segment_ids (packed rows) cannot be used with a KV cache; generate from unpacked prompts.")
+    if virtual:
+        raise ValueError("Packed rows (data.train_ds.packed_sequence=true) cannot be used with virtual-token adapters "
+                         "(P-tuning, prompt tuning): the virtual tokens would precede only a row's first example. "
+                         "Set data.train_ds.packed_sequence=false.")
 
 
 def _attention_mask(padding_mask, past: int, t: int, device, sliding_window: int | None = None):

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from nemo_peft.core.fingerprint import check_base
 from nemo_peft.models import fsdp
 from nemo_peft.models.generation import SamplingParams
+from nemo_peft.models.stopping import cut_at_stop, with_model_stops
 from nemo_peft.models.optim import OptimConfig, lr_factor
 
 # An adapter weight this large means training diverges (finite, so the guard below misses it).
@@ -169,15 +170,27 @@ class SFTModule(L.LightningModule):
         """Row ``i``'s prompt tokens, padding removed."""
         raise NotImplementedError
 
+    def generation_kwargs(self) -> dict:
+        """The decoding loops' arguments besides the batch: params (plus the checkpoint's other EOS ids and
+        special-token stop strings as stop ids), EOS, the decode stop strings are checked on, the FSDP sync."""
+        eos_ids = (getattr(self.model.config, "extra", None) or {}).get("eos_token_ids") or ()
+        return {"params": with_model_stops(self.sampling, self.tokenizer, eos_ids), "eos_id": self.eos_id,
+                "decode": self.tokenizer.decode if self.tokenizer is not None else None,
+                "all_done": self.all_done()}
+
     def generate_texts(self, batch) -> list[str]:
         if self.tokenizer is None:
             raise ValueError(f"Generation needs a tokenizer; build {type(self).__name__} with tokenizer=...")
-        return [self.tokenizer.decode(r) for r in self.generate_ids(batch)]
+        return [cut_at_stop(self.tokenizer.decode(r), self.sampling.stop) for r in self.generate_ids(batch)]
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
-        preds = self.generate_texts(batch)
-        return [{"input": self.tokenizer.decode(self.prompt_ids(batch, i).tolist()), "prediction": pred.strip(),
-                 "label": batch["answers"][i]} for i, pred in enumerate(preds)]
+        """One row per sample: its prompt (special tokens kept, as the model saw it), the prediction and,
+        when the data has one, the label (prompt-only predict files have none)."""
+        preds, dup = self.generate_texts(batch), batch.get("duplicate")  # dup: a data-parallel padding copy
+        answers = batch.get("answers") or [None] * len(preds)
+        return [{"input": self.tokenizer.decode(self.prompt_ids(batch, i).tolist(), skip_special_tokens=False),
+                 "prediction": pred.strip(), **({} if answers[i] is None else {"label": answers[i]})}
+                for i, pred in enumerate(preds) if dup is None or not bool(dup[i])]
 
     # ---- optimization ----
     def configure_optimizers(self):

@@ -20,9 +20,8 @@ class T5SFTModel(SFTModule):
         return hidden, batch["labels"] != IGNORE_INDEX
 
     def generate_ids(self, batch) -> list[list[int]]:
-        return generate_seq2seq(self.model, batch["input_ids"], batch.get("attention_mask"), self.sampling,
-                                eos_id=self.eos_id, decoder_start_id=self.model.config.decoder_start_token_id,
-                                all_done=self.all_done())
+        return generate_seq2seq(self.model, batch["input_ids"], batch.get("attention_mask"),
+                                decoder_start_id=self.model.config.decoder_start_token_id, **self.generation_kwargs())
 
     def prompt_ids(self, batch, i: int) -> torch.Tensor:
         mask = batch.get("attention_mask")

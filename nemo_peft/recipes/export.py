@@ -14,15 +14,15 @@ def to_hf_peft(base: str | None, adapter_dir: str, output_dir: str, base_model_n
                name: str | None = None, model_type: str | None = None) -> dict:
     """Load ``base`` (GGUF / HF dir / native dir) and our adapter from ``adapter_dir``; write adapter
     ``name`` as an HF PEFT directory. ``base_model_name`` goes into ``base_model_name_or_path``
-    (default: ``base`` itself). Returns the adapter_config written."""
+    (default: the Hub id the base's GGUF metadata spells, else ``base``'s path). Returns the adapter_config
+    written."""
     model, _ = load_pretrained(base)
     names = load_adapters(model, adapter_dir, name=name)
     if len(names) > 1:
         raise ValueError(f"{adapter_dir!r} holds adapters {names}; pick one with --name.")
-    config = save_hf_peft(model, output_dir, base_model_name or str(base or "default"), name=names[0],
-                          model_type=model_type)
+    config = save_hf_peft(model, output_dir, base_model_name, name=names[0], model_type=model_type)
     print(f"wrote HF PEFT adapter {names[0]!r} (r={config['r']}, lora_alpha={config['lora_alpha']}, "
-          f"targets {config['target_modules']}) to {output_dir}")
+          f"targets {config['target_modules']}, base {config['base_model_name_or_path']!r}) to {output_dir}")
     return config
 
 

@@ -27,8 +27,19 @@ def run_generate(cfg: DictConfig) -> list[dict]:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
     atomic_write(cfg.output_file, write)
-    if rows and all(r.get("label") is not None for r in rows):
-        em = 100.0 * sum(r["prediction"] == r["label"] for r in rows) / len(rows)
-        print(f"exact match: {em:.1f}% on {len(rows)} examples")
+    summary = exact_match_summary(rows)
+    if summary:
+        print(summary)
     print(f"wrote {len(rows)} predictions to {cfg.output_file}")
     return rows
+
+
+def exact_match_summary(rows: list[dict]) -> str | None:
+    """Exact match over the rows with a non-empty label, saying how many were scored; None when no row
+    has one (a prompt-only file, or one with empty outputs, has nothing to score: no fake 0%)."""
+    scored = [r for r in rows if isinstance(r.get("label"), str) and r["label"].strip()]
+    if not scored:
+        return None
+    em = 100.0 * sum(r["prediction"].strip() == r["label"].strip() for r in scored) / len(scored)
+    of = "" if len(scored) == len(rows) else f" of {len(rows)} (only rows with a label are scored)"
+    return f"exact match: {em:.1f}% on {len(scored)} examples{of}"
