@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from collections import namedtuple
 from dataclasses import dataclass
@@ -199,6 +200,38 @@ def generate(tmp_path: Path, *extra, model="tiny"):
 def finetune_on(rows, *extra):
     """A fine-tune whose training file holds ``rows``."""
     return lambda tmp: finetune(tmp, *extra, train=write_jsonl(tmp / "data" / "train.jsonl", rows))
+
+
+# ChatML, as SmolLM2 and Qwen2 write it; the tiny model's byte-level tokenizer has no template of its own
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def hydra_quoted(text: str) -> str:
+    """``text`` as a single-quoted Hydra override value (Jinja's braces and quotes stay literal)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def chat_finetune(tmp_path: Path, train: Path, *extra, template: str | None = CHATML):
+    """``finetune.py data=chat_dates`` on ``train`` (train split only) with ``template`` as
+    ``data.train_ds.chat_template`` (None: the model's own, which the tiny model lacks)."""
+    args = ["data=chat_dates", "data.predict_ds=null"]  # fine-tuning also reads predict_ds (stop tokens)
+    if template is not None:
+        args.append(f"data.train_ds.chat_template={hydra_quoted(template)}")
+    return finetune(tmp_path, *args, *extra, train=train)
+
+
+def chat_finetune_on(rows, *extra, template: str | None = CHATML):
+    """A chat fine-tune (``chat_finetune``) whose training file holds ``rows``."""
+    return lambda tmp: chat_finetune(tmp, write_jsonl(tmp / "data" / "train.jsonl", rows), *extra, template=template)
+
+
+def chat(*turns) -> dict:
+    """A ``messages`` record of (role, content) turns."""
+    return {"messages": [{"role": role, "content": content} for role, content in turns]}
+
+
+HELLO = chat(("user", "hi"), ("assistant", "hello"))
 
 
 _RUN_CACHE: dict[str, Path] = {}
@@ -538,6 +571,26 @@ def _from_checkpoint_truncated(tmp):
     last = out / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:200])
     export_py("--from-checkpoint", last, "--output", tmp / "recovered")
+
+
+def _chat_template_file_syntax_error(tmp):
+    template = tmp / "chat.jinja"
+    template.write_text("{% for m in messages %}\n{{ m.role }}: {{ m.content }}\n{% endfor\n")
+    return chat_finetune(tmp, write_jsonl(tmp / "data" / "train.jsonl", [HELLO]),
+                         f"data.train_ds.chat_template_file={template}", template=None)
+
+
+def _parquet_without_pyarrow(tmp):
+    # pyarrow is imported only to read a .parquet file, so the file's bytes are never looked at
+    data = _file("train.parquet", b"PAR1\0\0\0\0PAR1")(tmp)
+    with mock.patch.dict(sys.modules, {"pyarrow": None, "pyarrow.parquet": None}):  # as if not installed
+        return chat_finetune(tmp, data)
+
+
+def _packed_validation(tmp):
+    args = [a for a in finetune_args(tmp) if a != "data.validation_ds=null"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return run_finetune(hydra_config(*args, "+data.validation_ds.packed_sequence=true"))
 
 
 # ---------------------------------------------------------------- the catalogue
@@ -938,14 +991,82 @@ _CATALOGUE_SPEC = [
     ("data-no-answer-tokens", "data", "Records whose answers are empty (and `add_eos=false`)",
      finetune_on([{"input": "x: abc =>", "output": ""}] * 8, "data.train_ds.add_eos=false",
                  "data.train_ds.prompt_template='{input}{output}'"),
-     (_V, r"A batch has no answer tokens to train on; check label_key and max_seq_length"),
-     'ValueError: A batch has no answer tokens to train on; check label_key and max_seq_length.',
-     "Check `label_key` and that answers are non-empty and fit `max_seq_length`."),
+     (_V, r"No example of data\.train_ds has a token to train on \(train: 8 of 8 examples kept.*8 with no trained "
+          r"token.*examples/inspect_data\.py shows the trained tokens"),
+     "ValueError: No example of data.train_ds has a token to train on (train: 8 of 8 examples kept; …",
+     "Check `label_key` and that answers are non-empty and fit `max_seq_length`; "
+     "`python examples/inspect_data.py` shows the trained tokens."),
     ("data-max-seq-length", "data", "A `max_seq_length` below 2",
      lambda tmp: finetune(tmp, "data.train_ds.max_seq_length=1"),
      (_V, r"max_seq_length=1 is too small: it must be at least 2"),
      'ValueError: max_seq_length=1 is too small: it must be at least 2.',
      "Set `max_seq_length` to fit a prompt and its answer (the default is 32)."),
+    ("chat-unknown-role", "data", "A chat message with a role other than system, user or assistant (`\"tool\"`)",
+     chat_finetune_on([HELLO, chat(("user", "6*7?"), ("tool", "42"), ("assistant", "42"))]),
+     (_V, r"train\.jsonl, line 2, messages\[1\]: unknown role 'tool' in 'role'; valid: system, user, assistant"),
+     ("ValueError: …/data/train.jsonl, line 2, messages[1]: unknown role 'tool' in 'role'; valid: system, user, "
+      "assistant."),
+     "Rename the role to system, user or assistant, or drop the message (tool turns are not supported)."),
+    ("chat-no-assistant", "data", "A training conversation without an assistant turn",
+     chat_finetune_on([HELLO, chat(("system", "Be brief."), ("user", "hi"))]),
+     (_V, r"train\.jsonl, line 2: the conversation has no assistant turn.*put prompts without answers in predict_ds"),
+     ("ValueError: …/data/train.jsonl, line 2: the conversation has no assistant turn, so there is nothing to train "
+      "on or score; add an assistant message, or put prompts without answers in …"),
+     "Add the assistant's answer, or move prompts without answers to `data.predict_ds`."),
+    ("chat-content-not-string", "data", "A chat message whose content is not a string (a list of content parts)",
+     chat_finetune_on([chat(("user", [{"type": "text", "text": "hi"}]), ("assistant", "hello"))]),
+     (_V, r"line 1, messages\[0\]: field 'content' \(the user message's text\) is a JSON array"),
+     ("ValueError: …/data/train.jsonl, line 1, messages[0]: field 'content' (the user message's text) is a JSON "
+      "array (list: [{'type': 'text', 'text': 'hi'}]), not a string."),
+     "Write each message's content as one string (join the text parts; quote numbers)."),
+    ("chat-empty-messages", "data", "A chat record whose `messages` list is empty",
+     chat_finetune_on([HELLO, {"messages": []}]),
+     (_V, r"train\.jsonl, line 2: 'messages' is an empty list.*Remove the record or fill it"),
+     ("ValueError: …/data/train.jsonl, line 2: 'messages' is an empty list; a conversation needs messages (at least "
+      "a user turn and an assistant turn)."),
+     "Remove the record or fill in its turns."),
+    ("chat-mixed-formats", "data",
+     "One file mixing chat formats (`messages` and ShareGPT `conversations`, `format=auto`)",
+     chat_finetune_on([HELLO, {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}],
+                      "data.train_ds.format=auto"),
+     (_V, r"train\.jsonl, line 2: mixed formats: this record is sharegpt .* first record \(.*line 1\) is messages"),
+     ("ValueError: …/data/train.jsonl, line 2: mixed formats: this record is sharegpt (it has 'conversations'), but "
+      "the first record (…/data/train.jsonl, line 1) is messages."),
+     "Convert the odd records to the first record's format, or put them in another split."),
+    ("chat-template-syntax", "data", "A chat template file that is not valid Jinja (`chat_template_file`)",
+     _chat_template_file_syntax_error,
+     (_V, r"chat\.jinja is not valid Jinja: unexpected end of template.*\(template line 3: '\{% endfor'\)"),
+     ("ValueError: The chat template from …/chat.jinja is not valid Jinja: unexpected end of template, expected "
+      "'end of statement block'."),
+     "Fix the template at the line the message names (here a `{% endfor` without `%}`)."),
+    ("chat-template-undefined", "data", "A chat template that uses a variable nobody passes (`{{ date }}`)",
+     chat_finetune_on([HELLO], template="Today is {{ date }}\n" + CHATML),
+     (_V, r"uses the variable 'date' \(template line 1\), which is not defined.*\{% if date is defined %\}"),
+     ("ValueError: The chat template from the data config's chat_template uses the variable 'date' (template line "
+      "1), which is not defined."),
+     "Remove the variable or guard it with `{% if date is defined %}`; templates get messages, "
+     "add_generation_prompt, tools, documents and the special tokens."),
+    ("chat-no-template", "data", "Chat data with a model whose tokenizer has no chat template, and none configured",
+     chat_finetune_on([HELLO], template=None),
+     (_V, r"Chat data \(format=messages, files \[.*train\.jsonl'\]\) needs a chat template, but the model's "
+          r"tokenizer has none.*chat_template_file"),
+     ("ValueError: Chat data (format=messages, files ['…/data/train.jsonl']) needs a chat template, but the model's "
+      "tokenizer has none."),
+     "Set `data.<split>_ds.chat_template` (a Jinja string) or `chat_template_file` on every chat split, or use a "
+     "model that ships one."),
+    ("data-parquet-no-pyarrow", "data", "A Parquet data file when pyarrow is not installed",
+     _parquet_without_pyarrow,
+     (ImportError, r"Reading .*train\.parquet' needs pyarrow: pip install 'nemo_peft\[parquet\]'"),
+     ("ImportError: Reading '…/train.parquet' needs pyarrow: pip install 'nemo_peft[parquet]' (or pip install "
+      "pyarrow), or convert the file to JSONL."),
+     "`pip install 'nemo_peft[parquet]'` (or `pip install pyarrow`), or convert the file to JSONL."),
+    ("data-packed-eval-split", "data",
+     "Packing on a split other than train (`+data.validation_ds.packed_sequence=true`)",
+     _packed_validation,
+     (_V, r"validation_ds\.packed_sequence=true: packing is for training only.*Remove packed_sequence"),
+     ("ValueError: validation_ds.packed_sequence=true: packing is for training only, evaluation and prediction read "
+      "unpacked examples."),
+     "Remove `packed_sequence` from that split; set it on `data.train_ds` only."),
 
     # ---- checkpoints, adapters and runs
     ("adapter-missing", "ckpt", "An adapter directory that does not exist (`model.peft.restore_from_path`)",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from nemo_peft.data.chat_template import resolve_chat_template, special_tokens_of
+from nemo_peft.data.chat_template import end_of_turn_ids, resolve_chat_template, special_tokens_of
 from nemo_peft.data.formats import MessageReader
 from nemo_peft.data.jsonl import check_max_num_samples, file_name_list
 from nemo_peft.data.record_files import read_records
@@ -65,6 +65,7 @@ class ChatSFTDataset(Dataset):
                                               what=f"Chat data (format={format}, files {self.file_names})")
         self.tokenizer, self.train_on, self.max_seq_length, self.predict = tokenizer, train_on, max_seq_length, predict
         self.special_tokens = special_tokens_of(tokenizer)
+        self.end_of_turn_ids = end_of_turn_ids(self.template, tokenizer)  # generation stops there too
 
         self._messages: list[list[dict]] = []
         self._where: list[str] = []

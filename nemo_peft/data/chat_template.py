@@ -166,6 +166,16 @@ class ChatTemplate:
                              ) from None
 
 
+def end_of_turn_ids(template: ChatTemplate, tokenizer: Tokenizer) -> list[int]:
+    """The special token the template writes right after an assistant's content (``<|im_end|>``,
+    ``<|eot_id|>``, ...): generation stops there, as at EOS. Read from a rendered probe, not hard-coded."""
+    mark = "\u2063probe\u2063"
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
+    after = template.render(probe, special_tokens=special_tokens_of(tokenizer)).split(mark, 1)[-1]
+    ids = tokenizer.encode(after)[:1]
+    return ids if ids and tokenizer.decode(ids, skip_special_tokens=True) == "" else []
+
+
 def special_tokens_of(tokenizer: Tokenizer) -> dict:
     return {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token}
 

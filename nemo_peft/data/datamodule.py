@@ -13,6 +13,7 @@ from nemo_peft.data.packing import PackedDataset, collate_packed
 from nemo_peft.data.sampler import EpochShuffleSampler, Padded, ResumableDataLoader
 from nemo_peft.data.sft_dataset import SFTDataset
 from nemo_peft.data.sft_select import CHAT_KEYS, make_sft_dataset
+from nemo_peft.data.summary import end_ids, summarize
 from nemo_peft.data.tokenizer import Tokenizer
 
 DATASET_KEYS = ("file_names", "prompt_template", "label_key", "max_seq_length", "truncation_field",
@@ -109,6 +110,19 @@ class SFTDataModule(L.LightningDataModule):
         if self.dataset_cls is SFTDataset:  # `format` picks prompt_template (SFTDataset) or a chat dataset
             return make_sft_dataset(self.tokenizer, kwargs, predict=split == "predict")
         return self.dataset_cls(tokenizer=self.tokenizer, **kwargs)
+
+    def stop_token_ids(self, splits=("validation", "test")) -> list[int]:
+        """Tokens generation on ``splits`` must stop at besides EOS: the chat template's end of turn."""
+        ids = set()
+        for split in splits:
+            if self.configs[split] is not None:
+                ids.update(getattr(self._dataset(split), "end_of_turn_ids", ()))
+        return sorted(ids)
+
+    def summarize(self, split: str, stop_ids=()):
+        """What ``split`` holds once tokenized (``data/summary.py``)."""
+        dataset = self._dataset(split)
+        return summarize(dataset, split, end_ids(self.tokenizer, stop_ids), int(self.configs[split]["micro_batch_size"]))
 
     def data_parallel(self) -> tuple[int, int]:
         """(number of data-parallel processes, this one's rank) under the trainer's strategy."""

@@ -75,12 +75,23 @@ class DataSummary:
         return "; ".join(parts)
 
 
+def end_ids(tokenizer, extra=()) -> set[int]:
+    """The ids that end an answer: EOS and any extra stop ids (model.generation.stop_token_ids)."""
+    return ({tokenizer.eos_id} if tokenizer.eos_id is not None else set()) | set(extra or ())
+
+
 def summarize(dataset, split: str, end_ids: set[int], micro_batch_size: int = 1) -> DataSummary:
     """Tokenize every item of ``dataset`` once and summarize it; ``end_ids`` are the tokens that end
     a turn (EOS, the chat template's end-of-turn token)."""
     lengths, trained, end_trained = [], [], 0
     for i in range(len(dataset)):
         item = dataset[i]
+        if "loss_mask" not in item:  # encoder-decoder items: the decoder's labels are what is trained
+            labels = item["label_ids"]
+            lengths.append(len(item["input_ids"]) + len(labels))
+            trained.append(len(labels))
+            end_trained += bool(labels) and labels[-1] in end_ids
+            continue
         mask = item["loss_mask"]
         lengths.append(len(item["input_ids"]))
         trained.append(int(sum(mask)))

@@ -5,7 +5,6 @@ the optimizer and adapter-only checkpoints, under one process or a data-parallel
 a batch and how it generates."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict
@@ -19,6 +18,7 @@ from nemo_peft.models import fsdp
 from nemo_peft.models.generation import SamplingParams
 from nemo_peft.models.stopping import cut_at_stop, with_model_stops
 from nemo_peft.models.optim import OptimConfig, lr_factor
+from nemo_peft.models.resume_checks import adapter_config_diffs, plain
 
 # An adapter weight this large means training diverges (finite, so the guard below misses it).
 WEIGHT_WARN_MAGNITUDE = 1e4
@@ -38,7 +38,7 @@ class SFTModule(L.LightningModule):
         self.sampling = SamplingParams.from_dict(generation or {})
         self.eval_exact_match = eval_exact_match
         self.strict_loading = False  # our checkpoints hold adapter weights only
-        self._eval = torch.zeros(4, dtype=torch.float64)  # correct, scored, loss sum, loss tokens
+        self._eval = torch.zeros(5, dtype=torch.float64)  # correct, scored, loss sum, loss tokens, stopped
         self._window = torch.zeros(2, dtype=torch.float64)  # this process's loss sum, tokens since the last step
         self._warned_magnitude = False
         self._resync_lr = False
@@ -126,24 +126,28 @@ class SFTModule(L.LightningModule):
     def _eval_step(self, batch, prefix: str):
         real = ~batch["duplicate"] if "duplicate" in batch else None
         total, n = self.loss_sum(batch, rows=real)
-        stats = [0.0, 0.0, total.item(), n]
+        stats = [0.0, 0.0, total.item(), n, 0.0]
         if self.eval_exact_match:
-            preds = self.generate_texts(batch)
+            ids = self.generate_ids(batch)
+            preds = self.texts(ids)
             scored = range(len(preds)) if real is None else [i for i in range(len(preds)) if bool(real[i])]
             stats[:2] = sum(preds[i].strip() == batch["answers"][i].strip() for i in scored), len(scored)
+            # a row that ended before max_new_tokens stopped by itself (EOS, end of turn, a stop string)
+            stats[4] = sum(len(ids[i]) < self.sampling.max_new_tokens for i in scored)
         self._eval += torch.tensor(stats, dtype=torch.float64)
 
     def _eval_epoch_end(self, prefix: str):
         stats = self._eval.to(self.device)
         if self.trainer.world_size > 1:
             stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
-        correct, scored, loss_sum, tokens = stats.tolist()
+        correct, scored, loss_sum, tokens, stopped = stats.tolist()
         self._eval.zero_()
         # the values are already the same on every process: sync_dist only keeps Lightning from warning
         if tokens:
             self.log(f"{prefix}_loss", loss_sum / tokens, prog_bar=True, sync_dist=True)
         if self.eval_exact_match and scored:
             self.log(f"{prefix}_exact_match", 100.0 * correct / scored, prog_bar=True, sync_dist=True)
+            self.log(f"{prefix}_stopped", 100.0 * stopped / scored, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -170,6 +174,10 @@ class SFTModule(L.LightningModule):
         """Row ``i``'s prompt tokens, padding removed."""
         raise NotImplementedError
 
+    def add_stop_token_ids(self, ids) -> None:
+        """Also end generated rows at ``ids`` (the data's chat template's end-of-turn token)."""
+        self.sampling.stop_token_ids = sorted(set(self.sampling.stop_token_ids) | set(ids))
+
     def generation_kwargs(self) -> dict:
         """The decoding loops' arguments besides the batch: params (plus the checkpoint's other EOS ids and
         special-token stop strings as stop ids), EOS, the decode stop strings are checked on, the FSDP sync."""
@@ -179,9 +187,12 @@ class SFTModule(L.LightningModule):
                 "all_done": self.all_done()}
 
     def generate_texts(self, batch) -> list[str]:
+        return self.texts(self.generate_ids(batch))
+
+    def texts(self, ids: list[list[int]]) -> list[str]:
         if self.tokenizer is None:
             raise ValueError(f"Generation needs a tokenizer; build {type(self).__name__} with tokenizer=...")
-        return [cut_at_stop(self.tokenizer.decode(r), self.sampling.stop) for r in self.generate_ids(batch)]
+        return [cut_at_stop(self.tokenizer.decode(r), self.sampling.stop) for r in ids]
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         """One row per sample: its prompt (special tokens kept, as the model saw it), the prediction and,
@@ -295,7 +306,7 @@ class SFTModule(L.LightningModule):
     def _apply_changed_optim(self, checkpoint):
         """Lightning restores the saved lr, betas, ... with the optimizer and scheduler state; a
         changed model.optim (e.g. a lower lr after a divergence) applies from the resumed step on."""
-        saved, now = _plain(checkpoint.get("nemo_peft_optim")), _plain(asdict(self.optim))
+        saved, now = plain(checkpoint.get("nemo_peft_optim")), plain(asdict(self.optim))
         if not saved or saved == now:
             return
         changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v)
@@ -314,28 +325,3 @@ class SFTModule(L.LightningModule):
             sched = config.scheduler
             for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, getattr(sched, "lr_lambdas", [])):
                 group["lr"] = base * fn(sched.last_epoch)  # what LambdaLR.step() computes
-
-
-def _plain(value):
-    return json.loads(json.dumps(value, default=str))  # tuples -> lists, as a checkpoint round trip gives
-
-
-def adapter_config_diffs(saved: dict, model) -> list[str]:
-    """``name (method) field: saved -> now`` for every adapter config field that differs."""
-    now = {n: [c.to_dict() for c in model.adapter_configs(n)] for n in model.adapter_names}
-    diffs = []
-    for name in list(saved) + [n for n in now if n not in saved]:
-        if name not in now or name not in saved:
-            where = "the checkpoint" if name in saved else "this model"
-            diffs.append(f"adapter {name!r}: only in {where}")
-            continue
-        old, new = _plain(saved[name]), _plain(now[name])
-        if [c.get("method") for c in old] != [c.get("method") for c in new]:
-            diffs.append(f"{name} method: {[c.get('method') for c in old]} -> {[c.get('method') for c in new]}")
-            continue
-        for a, b in zip(old, new):
-            for key in list(a) + [k for k in b if k not in a]:
-                was, isnow = a.get(key, "(unset)"), b.get(key, "(unset)")
-                if was != isnow:
-                    diffs.append(f"{name} ({a['method']}) {key}: {was!r} -> {isnow!r}")
-    return diffs

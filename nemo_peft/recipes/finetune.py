@@ -34,6 +34,7 @@ def _exact_match(trainer, module, data) -> float | None:
     if not module.eval_exact_match or data.configs["test"] is None:
         return None
     result = trainer.test(module, datamodule=data, verbose=False)
+    module.stopped_share = result[0].get("test_stopped") if result else None
     return result[0].get("test_exact_match") if result else None
 
 
@@ -73,6 +74,13 @@ def run_finetune(cfg: DictConfig) -> dict:
         if leader:
             check_room(module, out_dir, adapter_dir, checkpoints)
         data = build_data(cfg.data, module.tokenizer, module.model)
+        module.add_stop_token_ids(data.stop_token_ids())  # e.g. the chat template's end of turn
+        summary = data.summarize("train", module.sampling.stop_token_ids)
+        say(summary.line())
+        if not any(summary.trained):
+            raise ValueError(f"No example of data.train_ds has a token to train on ({summary.line()}). Check the "
+                             "format and label fields and max_seq_length: python examples/inspect_data.py shows "
+                             "the trained tokens of each example.")
 
         before = _exact_match(trainer, module, data) if cfg.get("eval_before", True) else None
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
@@ -89,7 +97,10 @@ def run_finetune(cfg: DictConfig) -> dict:
     size = sum(os.path.getsize(p) for p in (os.path.join(adapter_dir, f) for f in os.listdir(adapter_dir))
                if os.path.isfile(p))
     if before is not None or after is not None:
-        print(f"held-out exact match: before {_fmt(before)} -> after {_fmt(after)}")
+        stopped = getattr(module, "stopped_share", None)
+        print(f"held-out exact match: before {_fmt(before)} -> after {_fmt(after)}"
+              + (f" (answers that ended by themselves, at EOS or end of turn: {stopped:.0f}%)"
+                 if stopped is not None else ""))
     print(f"adapter saved to {adapter_dir} ({size / 1e6:.2f} MB)")
     return {"exact_match_before": before, "exact_match_after": after, "adapter_dir": adapter_dir,
             "adapter_bytes": size, "trainer": trainer, "module": module}

@@ -18,6 +18,7 @@ def run_generate(cfg: DictConfig) -> list[dict]:
     if cfg.get("adapter_path"):
         load_adapters(module, cfg.adapter_path, strict_base=cfg.get("strict_base", True))
     data = build_data(cfg.data, module.tokenizer, module.model)
+    module.add_stop_token_ids(data.stop_token_ids(["predict"]))  # e.g. the chat template's end of turn
     trainer = build_trainer(cfg.trainer, os.path.dirname(os.path.abspath(cfg.output_file)))
     batches = trainer.predict(module, datamodule=data)
     rows = [row for batch in batches for row in batch]

@@ -7,16 +7,10 @@ import sys
 
 from omegaconf import DictConfig
 
-from nemo_peft.data.summary import summarize
+from nemo_peft.data.summary import end_ids, summarize
 from nemo_peft.recipes.build import build_data, check_section_keys, load_base
 
 SPLITS = (("train", "train_ds"), ("validation", "validation_ds"), ("test", "test_ds"), ("predict", "predict_ds"))
-
-
-def end_ids(tokenizer, generation: dict | None = None) -> set[int]:
-    """The ids that end an answer: EOS and any stop_token_ids of model.generation."""
-    ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-    return ids | set((generation or {}).get("stop_token_ids") or [])
 
 
 def marked(tokenizer, ids: list[int], mask: list[int], color: bool) -> str:
@@ -37,7 +31,7 @@ def run_inspect(cfg: DictConfig) -> dict:
     model, tokenizer = load_base(cfg.model)
     data = build_data(cfg.data, tokenizer, model)
     color = cfg.get("color") if cfg.get("color") is not None else sys.stdout.isatty()
-    stops = end_ids(tokenizer, cfg.model.get("generation"))
+    stops = end_ids(tokenizer, (cfg.model.get("generation") or {}).get("stop_token_ids"))
     summaries = {}
     for split, key in SPLITS:
         if data.configs[split] is None:
