@@ -170,10 +170,15 @@ def end_of_turn_ids(template: ChatTemplate, tokenizer: Tokenizer) -> list[int]:
     """The special token the template writes right after an assistant's content (``<|im_end|>``,
     ``<|eot_id|>``, ...): generation stops there, as at EOS. Read from a rendered probe, not hard-coded."""
     mark = "\u2063probe\u2063"
-    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
-    after = template.render(probe, special_tokens=special_tokens_of(tokenizer)).split(mark, 1)[-1]
-    ids = tokenizer.encode(after)[:1]
-    return ids if ids and tokenizer.decode(ids, skip_special_tokens=True) == "" else []
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
+    for probe in ([{"role": "system", "content": "hi"}, *turns], turns):  # some templates require a system turn
+        try:
+            after = template.render(probe, special_tokens=special_tokens_of(tokenizer)).split(mark, 1)[-1]
+        except ValueError:  # the template rejects the probe: the data's own conversations will say why
+            continue
+        ids = tokenizer.encode(after)[:1]
+        return ids if ids and tokenizer.decode(ids, skip_special_tokens=True) == "" else []
+    return []
 
 
 def special_tokens_of(tokenizer: Tokenizer) -> dict:
