@@ -44,6 +44,7 @@ class SFTDataset(JsonlDataset):
         add_bos: bool = False,
         add_eos: bool = True,
         max_num_samples: int | None = None,
+        predict: bool = False,
     ):
         self.file_names = file_name_list(file_names)
         if max_seq_length < 2:
@@ -60,6 +61,7 @@ class SFTDataset(JsonlDataset):
         self.add_bos = add_bos
         self.add_eos = add_eos
         self.max_num_samples = max_num_samples
+        self.predict = predict  # prediction files may hold prompts only: a record without a label is a prompt
         self._warned_answer_cut = False
         self._parse_template()
         self.records = read_jsonl_records(self.file_names, self._check_record, "SFT", max_num_samples)
@@ -117,12 +119,14 @@ class SFTDataset(JsonlDataset):
         """
         context = self._render_context(record)
         stripped = context.rstrip()
+        if self.label_key not in record:  # a prompt to predict from: the context alone
+            return stripped, ""
         label = _format_value(record[self.label_key], self._label_conversion, self._label_spec)
         return stripped, context[len(stripped):] + label + self._answer_tail
 
     # --- files ----------------------------------------------------------------------------
     def _check_record(self, record: dict, where: str) -> None:
-        if self.label_key not in record:
+        if self.label_key not in record and not self.predict:
             raise ValueError(f"{where}: record has no label field {self.label_key!r} "
                              f"(keys present: {sorted(record)}). Set label_key to the field holding the "
                              "answer, or add the field to the data.")
@@ -131,8 +135,8 @@ class SFTDataset(JsonlDataset):
                 raise ValueError(f"{where}: prompt_template uses {{{field}}} but the record has "
                                  f"no field {field!r} (keys present: {sorted(record)}). Fix the data or "
                                  "change prompt_template.")
-        check_text_fields(record, where, {**{f: "prompt_template" for f in self.context_fields},
-                                          self.label_key: "label_key"})
+        labelled = {self.label_key: "label_key"} if self.label_key in record else {}
+        check_text_fields(record, where, {**{f: "prompt_template" for f in self.context_fields}, **labelled})
 
     # --- tokenization ---------------------------------------------------------------------
     def make_item(self, record: dict, context_ids: list[int], answer_ids: list[int]) -> dict:
@@ -140,7 +144,7 @@ class SFTDataset(JsonlDataset):
             "input_ids": context_ids + answer_ids,
             "loss_mask": [0] * len(context_ids) + [1] * len(answer_ids),
             "context_ids": context_ids,
-            "answer": str(record[self.label_key]).strip(),
+            "answer": str(record[self.label_key]).strip() if self.label_key in record else None,
             "metadata": dict(record),
         }
 
@@ -163,7 +167,7 @@ class SFTDataset(JsonlDataset):
         eos = [tok.eos_id] if self.add_eos else []
         context, answer = self.split_record(record)
         context_ids = bos + tok.encode(context)
-        answer_ids = tok.encode(answer) + eos
+        answer_ids = tok.encode(answer) + eos if self.label_key in record else []  # a prompt alone has no answer
         limit = self.max_seq_length
 
         # The answer is only cut when it cannot fit on its own; one context token is kept so that

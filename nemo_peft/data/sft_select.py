@@ -44,7 +44,7 @@ def make_sft_dataset(tokenizer, cfg: dict, predict: bool = False):
             raise ValueError(f"{chat_only} apply to chat data (format messages, sharegpt or alpaca), but "
                              f"{cfg['file_names']} is prompt_template data (format={cfg.get('format', 'auto')}); "
                              "drop those keys or set format to the records' chat format.")
-        return SFTDataset(tokenizer=tokenizer, **_arguments(SFTDataset, cfg))
+        return SFTDataset(tokenizer=tokenizer, predict=predict, **_arguments(SFTDataset, cfg))
     ignored = sorted(k for k in PROMPT_TEMPLATE_KEYS if k in cfg and cfg[k] != _SFT_DEFAULTS[k])
     if ignored:  # the chat template decides BOS/EOS and the prompt; presets' default values pass quietly
         logger.warning("%s are prompt_template options; this split is %s data rendered with the chat template, so "
