@@ -285,6 +285,8 @@ def write_results(args, res, dist, rows_per_step, n_rows, guard, busy, busy_all,
              f" packed / HF+peft {ph:.2f}x (aim >= 2x: {'met' if ph >= 2 else 'not met'})",
              f"CPU used by other processes (background noise), in cores: {busy:.2f} during timing, {busy_all:.2f} "
              f"over the whole run (of {os.cpu_count()} logical CPUs)",
+             *(["WARNING: other processes used a sizeable share of the CPU; absolute numbers are inflated and the "
+                "ratios compressed. Rerun on an idle machine."] if busy > 0.2 else []),
              f"Wall time of the whole benchmark: {elapsed:.0f} s ({time.strftime('%Y-%m-%d %H:%M')})"]
     text = (f"# SFT benchmark: packed vs unpacked vs HF transformers + peft (variable-length data)\n\n"
             + "\n".join(head + lines) + "\n\n" + "\n".join(ratio) + "\n\n"

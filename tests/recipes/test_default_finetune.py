@@ -29,3 +29,16 @@ def test_ddp_finetune_on_two_processes_lifts_exact_match(tmp_path):
     assert res.stdout.count("adapter saved to") == 1 and res.stdout.count("held-out exact match") == 1
     before, after = map(float, re.search(r"before ([\d.]+)% -> after ([\d.]+)%", res.stdout).groups())
     assert after - before >= 40, res.stdout
+
+
+@pytest.mark.slow
+def test_chat_finetune_through_the_chat_template_lifts_exact_match_and_stops_at_end_of_turn(tmp_path):
+    """data=chat_dates: multi-turn conversations rendered with the GGUF's own chat template."""
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "finetune.py"), "data=chat_dates",
+                          f"exp_manager.output_dir={tmp_path}", "trainer.enable_progress_bar=false"],
+                         capture_output=True, text=True, timeout=2400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before, after, stopped = map(float, re.search(
+        r"before ([\d.]+)% -> after ([\d.]+)% \(answers that ended by themselves, at EOS or end of turn: ([\d.]+)%\)",
+        res.stdout).groups())
+    assert after - before >= 40 and stopped >= 99, res.stdout
