@@ -1042,8 +1042,8 @@ _CATALOGUE_SPEC = [
     ("chat-template-undefined", "data", "A chat template that uses a variable nobody passes (`{{ date }}`)",
      chat_finetune_on([HELLO], template="Today is {{ date }}\n" + CHATML),
      (_V, r"uses the variable 'date' \(template line 1\), which is not defined.*\{% if date is defined %\}"),
-     ("ValueError: The chat template from the data config's chat_template uses the variable 'date' (template line "
-      "1), which is not defined."),
+     ("ValueError: …/data/train.jsonl, line 1: The chat template from the data config's chat_template uses the "
+      "variable 'date' (template line 1), which is not defined."),
      "Remove the variable or guard it with `{% if date is defined %}`; templates get messages, "
      "add_generation_prompt, tools, documents and the special tokens."),
     ("chat-no-template", "data", "Chat data with a model whose tokenizer has no chat template, and none configured",
