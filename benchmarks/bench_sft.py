@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """SFT benchmark on variable-length data: nemo_peft packed, nemo_peft unpacked, HF transformers + peft (CPU).
 
-    python benchmarks/bench_sft.py             # full run: 96 examples per side (~10-15 min on 2 cores)
-    python benchmarks/bench_sft.py --quick     # smoke run: 32 examples per side
+    python benchmarks/bench_sft.py             # full run: 96 examples per side (~11 min on 2 idle cores)
+    python benchmarks/bench_sft.py --quick     # smoke run: 32 examples per side (~5 min)
     python benchmarks/bench_sft.py --profile   # also a torch.profiler table of one step per side
 
 A seeded, synthetic instruction set (token ids from SmolLM2's vocabulary; prompt and answer lengths
-log-normal, 30-500 tokens, most short) trained with answer-only loss, LoRA r16 on all seven projection
+log-normal, 30-512 tokens, most short) trained with answer-only loss, LoRA r16 on all seven projection
 kinds, AdamW, one optimizer step per micro-batch, fp32, on SmolLM2-135M-Instruct from its GGUF:
   - ours packed:   rows of 512 tokens by first-fit decreasing over the whole set (rows shuffled, as the
                    packed sampler does), block-diagonal causal attention (segment_ids / position_ids);
@@ -293,7 +293,8 @@ def write_results(args, res, dist, rows_per_step, n_rows, guard, busy, busy_all,
             "trained tok/s = answer tokens (loss targets) per second of training step; all tok/s = non-pad tokens "
             "per second; processed = tokens including padding; padding fraction = pad / processed. Brackets: "
             "min–max over the chunks. Every side trains on the same examples, so the trained-token totals are "
-            "equal and the ratios are ratios of time.\n\n" + "".join(f"- {n}\n" for n in notes))
+            "equal and the ratios are ratios of time (chunks hold different examples per side, so only the whole-run "
+            "totals compare like with like).\n\n" + "".join(f"- {n}\n" for n in notes))
     print("\n" + text)
     with open(args.out, "w") as f:
         f.write(text)
