@@ -2,22 +2,12 @@
 
     python examples/generate.py adapter_path=results/finetune/adapter \
         data.predict_ds.file_names=[my.jsonl] output_file=predictions.jsonl
+
+The same as ``nemo-peft generate ...`` (nemo_peft/cli), over the same conf/.
 """
 import sys
 
-import hydra
-
-from nemo_peft.recipes.hydra_args import peft_scheme_args, register_resolvers
-from nemo_peft.recipes.generate import run_generate
-
-register_resolvers()
-
-
-@hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
-def main(cfg):
-    run_generate(cfg)
-
+from nemo_peft.cli import main
 
 if __name__ == "__main__":
-    sys.argv = peft_scheme_args(sys.argv)
-    main()
+    sys.exit(main(["generate", *sys.argv[1:]]))

@@ -4,19 +4,12 @@ padding unpacked vs packed. Takes the same data and model groups as finetune.py.
 
     python examples/inspect_data.py                      # the bundled task on the default model
     python examples/inspect_data.py data=chat_dates num_examples=2
+
+The same as ``nemo-peft inspect-data ...`` (nemo_peft/cli), over the same conf/.
 """
-import hydra
+import sys
 
-from nemo_peft.recipes.hydra_args import register_resolvers
-from nemo_peft.recipes.inspect_data import run_inspect
-
-register_resolvers()
-
-
-@hydra.main(config_path="../conf", config_name="inspect_data", version_base="1.3")
-def main(cfg):
-    run_inspect(cfg)
-
+from nemo_peft.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["inspect-data", *sys.argv[1:]]))

@@ -5,22 +5,16 @@
 
 The output (default: Hugging Face format) loads with transformers.AutoModelForCausalLM,
 vLLM, or nemo_peft's load_pretrained, and gives the adapted model's logits.
+The same as ``nemo-peft merge ...`` (nemo_peft/cli/merge.py).
 """
-import argparse
+import sys
 
-from nemo_peft.recipes.merge import merge_to_checkpoint
+from nemo_peft.cli.merge import main as _merge
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-model", default="default", help="GGUF file, HF dir or nemo_peft dir")
-    parser.add_argument("--adapter", required=True, help="adapter directory (ours or HF PEFT)")
-    parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--format", default="hf", choices=["hf", "native"])
-    parser.add_argument("--model-type", default=None, choices=["gpt2", "llama", "mistral", "qwen2"])
-    args = parser.parse_args(argv)
-    merge_to_checkpoint(args.base_model, args.adapter, args.output, args.format, args.model_type)
+    return _merge(argv, prog="examples/merge.py")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

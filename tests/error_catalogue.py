@@ -475,6 +475,12 @@ def _cores(n: int):
     return mock.patch("os.sched_getaffinity", lambda pid: set(range(n)))
 
 
+def _wandb_missing(tmp):
+    real = importlib.util.find_spec
+    with mock.patch.object(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)):
+        finetune(tmp, "exp_manager.create_wandb_logger=true")
+
+
 def _too_many_devices(tmp):
     with _cores(4):
         finetune(tmp, "trainer.devices=64")
@@ -653,7 +659,7 @@ _CATALOGUE_SPEC = [
      lambda tmp: finetune(tmp, "+exp_manager.overwrit=true"),
      (_V, r"Unknown key\(s\) 'overwrit' \(did you mean 'overwrite'\?\) in exp_manager"),
      ("ValueError: Unknown key(s) 'overwrit' (did you mean 'overwrite'?) in exp_manager; valid keys: adapter_dir, "
-      "checkpoint, output_dir, overwrite, resume_from_checkpoint, resume_if_exists."),
+      "checkpoint, create_csv_logger, create_mlflow_logger, create_tensorboard_logger, …"),
      "Fix the key's spelling."),
     ("root-unknown-key", "config", "A misspelt top-level option (`+seeed=1`)",
      lambda tmp: finetune(tmp, "+seeed=1"),
@@ -737,11 +743,20 @@ _CATALOGUE_SPEC = [
      ("ValueError: trainer.devices=64 but this machine has … CPU core(s) available; set trainer.devices to at "
       "most … (each CPU device is one process)."),
      "Set `trainer.devices` to at most the number of cores (each CPU device is one process), or the GPUs visible."),
-    ("trainer-unknown-logger", "config", "A logger that does not exist (`trainer.logger=wandb`)",
-     lambda tmp: finetune(tmp, "trainer.logger=wandb"),
-     (_V, r"trainer\.logger='wandb'; use false, true, csv or tensorboard"),
-     "ValueError: trainer.logger='wandb'; use false, true, csv or tensorboard.",
-     "Use `false`, `true` (Lightning's default), `csv` or `tensorboard` (both write under `<output_dir>/logs`)."),
+    ("trainer-unknown-logger", "config", "A logger name in `trainer.logger` (`trainer.logger=tensorboard`)",
+     lambda tmp: finetune(tmp, "trainer.logger=tensorboard"),
+     (_V, r"trainer\.logger='tensorboard' is no longer a logger choice; use exp_manager\.create_tensorboard_logger"),
+     ("ValueError: trainer.logger='tensorboard' is no longer a logger choice; use "
+      "exp_manager.create_tensorboard_logger=true (<output_dir>/tensorboard)."),
+     "Choose loggers with `exp_manager.create_csv_logger` (on by default), `create_tensorboard_logger`, "
+     "`create_wandb_logger` or `create_mlflow_logger`; `trainer.logger=false` turns them all off."),
+    ("logger-not-installed", "config", "A logger whose package is not installed (`exp_manager.create_wandb_logger=true`)",
+     _wandb_missing,
+     (ModuleNotFoundError, r"exp_manager\.create_wandb_logger=true needs the wandb package, which is not installed: "
+                           r"pip install wandb"),
+     ("ModuleNotFoundError: exp_manager.create_wandb_logger=true needs the wandb package, which is not installed: "
+      "pip install wandb (or pip install 'nemo_peft[wandb]'), or set …"),
+     "Install the package the message names (`pip install wandb`, `mlflow` or `tensorboard`), or turn that logger off."),
     ("data-t5-key-on-gpt", "config",
      "An encoder-decoder data option for a GPT model (`+data.train_ds.context_key=input`)",
      lambda tmp: finetune(tmp, "+data.train_ds.context_key=input"),

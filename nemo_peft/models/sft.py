@@ -91,8 +91,12 @@ class SFTModule(L.LightningModule):
         total, n = self.loss_sum(batch)
         return total / n
 
+    def on_fit_start(self):
+        # Loaders return models in eval mode; dropout must be live while training. Here, not in on_train_start,
+        # which Lightning calls after checking for (and warning about) modules left in eval mode.
+        self.train()
+
     def on_train_start(self):
-        self.train()  # loaders return models in eval mode; dropout must be live while training
         if self._resync_lr:
             self._resync_lr = False
             self._apply_schedule()
@@ -229,6 +233,7 @@ class SFTModule(L.LightningModule):
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a sharded norm
             if not bool(torch.isfinite(norm)):
                 self._stop_non_finite(f"the gradient norm is {norm.item()}")
+            self.log("grad_norm", norm)  # of the global batch's mean-loss gradient, before clipping
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

@@ -7,7 +7,7 @@ import os
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_peft.data.position import AlignBatchCount
@@ -17,6 +17,9 @@ from nemo_peft.families.base import unwrap
 from nemo_peft.families.io import remember_tokenizer
 from nemo_peft.peft.schemes import configs_from_peft_section
 from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
+from nemo_peft.recipes.loggers import trainer_logger
+from nemo_peft.recipes.progress import step_progress_bar
+from nemo_peft.recipes.run_log import quiet_third_party
 from nemo_peft.recipes.strategies import build_strategy, check_devices, devices_per_node
 
 
@@ -120,12 +123,16 @@ def build_data(data_cfg: DictConfig, tokenizer, model):
 
 
 def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: DictConfig | None = None,
-                  callbacks: list | None = None) -> L.Trainer:
+                  callbacks: list | None = None, loggers: list | None = None) -> L.Trainer:
+    """A lightning.Trainer from the trainer section; ``loggers`` (exp_manager's, see loggers.py) are used unless
+    ``trainer.logger=false``."""
     kwargs = to_dict(trainer_cfg)
     check_section_keys(kwargs, [*inspect.signature(L.Trainer).parameters, "num_threads"],
                "trainer (lightning.Trainer's arguments, plus num_threads)")
     check_devices(kwargs)
     callbacks = [*(callbacks or []), AlignBatchCount()]
+    if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks += step_progress_bar()
     if kwargs.get("enable_checkpointing", True) and checkpoint_cfg is not None:
         checkpoint = to_dict(checkpoint_cfg)
         check_section_keys(checkpoint, [k for k in inspect.signature(ModelCheckpoint).parameters if k != "dirpath"],
@@ -140,20 +147,6 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: str, checkpoint_cfg: Dict
     kwargs["strategy"] = build_strategy(kwargs)
     # the data module splits batches over data-parallel processes itself (data/sampler.py), resumably
     kwargs.setdefault("use_distributed_sampler", False)
+    quiet_third_party()
     return L.Trainer(default_root_dir=output_dir, callbacks=callbacks, plugins=[SafeCheckpointIO()],
-                     logger=_logger(kwargs.pop("logger", False), output_dir), **kwargs)
-
-
-def _logger(logger, output_dir: str):
-    """``trainer.logger``: false, true (Lightning's default), csv or tensorboard (under <output_dir>/logs)."""
-    if logger == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(output_dir, name="logs")
-    if logger == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        return TensorBoardLogger(output_dir, name="logs")
-    if isinstance(logger, str):
-        raise ValueError(f"trainer.logger={logger!r}; use false, true, csv or tensorboard.")
-    return logger
+                     logger=trainer_logger(kwargs.pop("logger", None), loggers), **kwargs)

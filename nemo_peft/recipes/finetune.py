@@ -3,7 +3,9 @@
 An output directory belongs to one run: a run refuses a directory that holds another run's
 adapter or checkpoints unless ``exp_manager.resume_if_exists`` or ``exp_manager.overwrite``
 says what to do, ``<output_dir>/.lock`` keeps two live runs apart, and writability and free
-space are checked before training starts.
+space are checked before training starts. A run speaks through the ``nemo_peft`` logger (run_log.py): a
+banner, the data summary, and at the end where it wrote the adapter, checkpoints, metrics.csv, loss.png
+(loggers.py, plots.py) and its log.
 """
 from __future__ import annotations
 
@@ -21,7 +23,14 @@ from omegaconf import DictConfig, open_dict
 
 from nemo_peft.core import adapter_io
 from nemo_peft.models.fsdp import check_shardable, full_adapter_weights
+from nemo_peft.recipes import precision_advice
 from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys, to_dict
+from nemo_peft.recipes.loggers import LOGGER_KEYS, build_loggers, set_resuming
+from nemo_peft.recipes.loggers import where as logger_files
+from nemo_peft.recipes.plots import draw_loss
+from nemo_peft.recipes.run_log import get_logger, log_file, quiet_third_party
+from nemo_peft.recipes.run_report import banner, timing_line, written_lines
+from nemo_peft.recipes.step_metrics import StepMetrics
 from nemo_peft.recipes.strategies import AdapterDDPStrategy, AdapterFSDPStrategy, accumulation, data_parallel_size
 from nemo_peft.recipes.throughput import ThroughputMonitor
 
@@ -40,27 +49,32 @@ def _exact_match(trainer, module, data) -> float | None:
 
 ROOT_KEYS = ("name", "seed", "eval_before", "exp_manager", "model", "data", "trainer")
 EXP_MANAGER_KEYS = ("output_dir", "adapter_dir", "resume_from_checkpoint", "resume_if_exists", "overwrite",
-                    "checkpoint")
+                    "checkpoint", *LOGGER_KEYS)
 
 
 def run_finetune(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
     check_section_keys(cfg, ROOT_KEYS, "the finetune config")
     check_section_keys(cfg.exp_manager, EXP_MANAGER_KEYS, "exp_manager")
+    log = get_logger()
+    quiet_third_party()
     L.seed_everything(cfg.get("seed", 1234), verbose=False)
     em = cfg.exp_manager
     out_dir = str(em.output_dir)
     adapter_dir = str(em.get("adapter_dir") or os.path.join(out_dir, "adapter"))
     trainer_cfg, batch_line = batch_arithmetic(cfg)
-    trainer = build_trainer(trainer_cfg, out_dir, em.get("checkpoint"), callbacks=[ThroughputMonitor()])
+    trainer = build_trainer(trainer_cfg, out_dir, em.get("checkpoint"), callbacks=[ThroughputMonitor(), StepMetrics()],
+                            loggers=build_loggers(em, out_dir, str(cfg.get("name", "finetune"))))
     # Under a multi-process strategy every process runs this recipe: the first one speaks and owns the
     # directory (lock, refusal, room check, the adapter); the others follow its resume decision.
     leader = trainer.global_rank == 0
-    say = print if leader else _silent
+    say = log.info if leader else _silent
     with output_lock(out_dir) if leader else contextlib.nullcontext():
         if leader:
             ckpt, replaced = resume_checkpoint(em, out_dir, adapter_dir)
         else:
             ckpt, replaced = follower_checkpoint(em, out_dir), {}
+        set_resuming(trainer, ckpt is not None)  # a resumed run appends to its metrics.csv
         module = build_model(cfg.model)
         if not module.model.adapter_names:  # nothing would be frozen: the whole base would train
             raise ValueError("model.peft.peft_scheme is empty, so there is no adapter to train; set it to a method "
@@ -68,8 +82,11 @@ def run_finetune(cfg: DictConfig) -> dict:
                              "examples/generate.py.")
         if isinstance(trainer.strategy, AdapterFSDPStrategy):
             check_shardable(module.model)  # before any process starts
-        say(module.model.trainable_parameters_summary().splitlines()[-1])
-        say(batch_line)
+        for line in banner(cfg, module, batch_line, trainer_cfg):
+            say(line)
+        slower = precision_advice.for_run(trainer_cfg, cfg.data, module.model) if leader else None
+        if slower:  # bf16 asked for on a CPU where it is slower than fp32
+            log.warning(slower)
         checkpoints = em.get("checkpoint") is not None and cfg.trainer.get("enable_checkpointing", True)
         if leader:
             check_room(module, out_dir, adapter_dir, checkpoints)
@@ -83,7 +100,9 @@ def run_finetune(cfg: DictConfig) -> dict:
                              "the trained tokens of each example.")
 
         before = _exact_match(trainer, module, data) if cfg.get("eval_before", True) else None
+        fit_started = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+        train_s = time.perf_counter() - fit_started
         if reduced_bytes_line(trainer, module):
             say(reduced_bytes_line(trainer, module))
         after = _exact_match(trainer, module, data)
@@ -98,12 +117,19 @@ def run_finetune(cfg: DictConfig) -> dict:
                if os.path.isfile(p))
     if before is not None or after is not None:
         stopped = getattr(module, "stopped_share", None)
-        print(f"held-out exact match: before {_fmt(before)} -> after {_fmt(after)}"
-              + (f" (answers that ended by themselves, at EOS or end of turn: {stopped:.0f}%)"
-                 if stopped is not None else ""))
-    print(f"adapter saved to {adapter_dir} ({size / 1e6:.2f} MB)")
+        say(f"held-out exact match: before {_fmt(before)} -> after {_fmt(after)}"
+            + (f" (answers that ended by themselves, at EOS or end of turn: {stopped:.0f}%)"
+               if stopped is not None else ""))
+    say(f"adapter saved to {adapter_dir} ({size / 1e6:.2f} MB)")
+    files = logger_files(trainer)
+    png, note = draw_loss(trainer, files.get("metrics.csv"), os.path.join(out_dir, "loss.png"))
+    files["loss.png"] = png
+    for line in [note, timing_line(time.perf_counter() - started, train_s, trainer.global_step),
+                 *written_lines(out_dir, adapter_dir, files, log_file())]:
+        if line:
+            say(line)
     return {"exact_match_before": before, "exact_match_after": after, "adapter_dir": adapter_dir,
-            "adapter_bytes": size, "trainer": trainer, "module": module}
+            "adapter_bytes": size, "trainer": trainer, "module": module, "files": files}
 
 
 def _silent(*args, **kwargs) -> None:
@@ -170,12 +196,12 @@ def resume_checkpoint(em, out_dir: str, adapter_dir: str) -> tuple[str | None, d
         if not held or overwrite or explicit in CKPT_KEYWORDS or _inside(explicit, out_dir):
             return explicit, {}
     elif resume and os.path.isfile(last):
-        print(f"exp_manager.resume_if_exists=true: resuming from {last}")
+        get_logger().info(f"exp_manager.resume_if_exists=true: resuming from {last}")
         return last, {}
     if not held:
         return None, {}
     if overwrite:
-        print(f"exp_manager.overwrite=true: this run replaces {' and '.join(held)} in {out_dir}")
+        get_logger().info(f"exp_manager.overwrite=true: this run replaces {' and '.join(held)} in {out_dir}")
         return None, {c: os.path.getmtime(c) for c in glob.glob(os.path.join(out_dir, "checkpoints", "*.ckpt"))}
     where = f"exp_manager.resume_from_checkpoint={explicit!r} is outside it, so this" if explicit else "This"
     first = (f"There is no {last} to resume from (exp_manager.resume_if_exists=true needs one). Set"
@@ -199,7 +225,7 @@ def _drop_replaced(old: dict) -> None:
     for path, mtime in old.items():
         if os.path.isfile(path) and os.path.getmtime(path) == mtime:
             os.remove(path)
-            print(f"removed {path} (left by the run this one replaced)")
+            get_logger().info(f"removed {path} (left by the run this one replaced)")
 
 
 def _lock_holder(lock: str) -> str | None:
@@ -234,7 +260,7 @@ def output_lock(out_dir: str):
                         f"exp_manager.output_dir={out_dir!r} is in use by another run ({holder}; lock file {lock}). "
                         f"Wait for it to finish or pick another exp_manager.output_dir; if no run uses it, delete "
                         f"{lock}.") from None
-                print(f"taking over the stale lock {lock} (its run is no longer running)")
+                get_logger().info(f"taking over the stale lock {lock} (its run is no longer running)")
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(lock)
                 continue

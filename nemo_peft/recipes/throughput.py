@@ -8,6 +8,8 @@ import time
 import lightning as L
 import torch
 
+from nemo_peft.recipes.run_log import get_logger
+
 IGNORE_INDEX = -100  # labels that carry no loss when a batch has no loss_mask (T5-style batches)
 PREFIX = "[throughput]"  # every printed line starts with it, so logs can be grepped
 
@@ -61,11 +63,7 @@ class ThroughputMonitor(L.Callback):
             w["steps"].add(self._step)
 
     def peak_mem_mib(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        # ru_maxrss is KiB on Linux, bytes on macOS
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+        return peak_memory_mib(self.device)
 
     # ---- gather and report ----
     def on_train_end(self, trainer, pl_module):
@@ -87,7 +85,7 @@ class ThroughputMonitor(L.Callback):
                       "steps": max(r["steps"] for r in self.per_rank),
                       "warmup_skipped": w is self.timed and self.warmup_steps > 0}
         if self.verbose and trainer.is_global_zero:
-            print("\n".join(self.summary_lines()), flush=True)
+            get_logger().info("\n".join(self.summary_lines()))
 
     def summary_lines(self) -> list[str]:
         """The table: a title, a header, one line per rank, and the total (tokens/s summed over ranks,
@@ -106,6 +104,15 @@ class ThroughputMonitor(L.Callback):
         lines.append(f"{PREFIX} {'total':>5} {t['tokens_per_s']:>12.1f} {t['trained_tokens_per_s']:>14.1f} "
                      f"{t['peak_mem_mib']:>10.1f} {t['steps']:>6d}")
         return lines
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this process in MiB: CUDA max allocated on a GPU, else the CPU peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def count_tokens(batch) -> tuple[int, int]:

@@ -3,7 +3,6 @@ FSDP2 train exactly what one process with the whole global batch trains; gradien
 one voice; evaluation scores every test example once; resume after a crash with the same and with
 fewer processes."""
 import csv
-import glob
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ from tests.helpers import ROOT, run_example
 TINY = {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 4, "num_query_groups": 2,
         "ffn_hidden_size": 128, "max_position_embeddings": 512}  # conf/model/tiny.yaml
 COMMON = ["model=tiny", "trainer.max_steps=6", "model.global_batch_size=8", "eval_before=false",
-          "trainer.enable_progress_bar=false", "trainer.logger=csv", "trainer.log_every_n_steps=1",
+          "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
           "+data.test_ds.max_num_samples=25", "data.test_ds.micro_batch_size=4",  # 25: 13 + 12 (+1 repeat)
           "exp_manager.checkpoint.every_n_train_steps=2"]
 
@@ -31,8 +30,10 @@ class Run:
     def __init__(self, out: Path, proc: subprocess.CompletedProcess):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         self.out, self.stdout = out, proc.stdout
-        rows = list(csv.DictReader(open(sorted(glob.glob(str(out / "logs" / "version_*" / "metrics.csv")))[-1])))
-        self.losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+        rows = list(csv.DictReader(open(out / "metrics.csv")))  # exp_manager's CSV logger (on by default)
+        # a resumed run appends to its metrics.csv: the last value logged for a step is the one that counts
+        by_step = {int(r["step"]): float(r["train_loss"]) for r in rows if r.get("train_loss")}
+        self.losses = [by_step[s] for s in sorted(by_step)]
         self.test = {k: float(r[k]) for r in rows for k in ("test_loss", "test_exact_match") if r.get(k)}
         self.adapter = load_file(str(out / "adapter" / "adapter_weights.safetensors"))
 
@@ -158,9 +159,10 @@ def test_resume_a_one_process_run_on_two_processes(tmp_path, one_process):
 
 
 def assert_same_training_tail(resumed: Run, uninterrupted: Run, tol: float):
-    """The resumed run logged steps 3..6; they and its final adapter match the uninterrupted run's."""
-    assert len(resumed.losses) == 4
-    for a, b in zip(resumed.losses, uninterrupted.losses[2:]):
+    """The resumed run logged steps 3..6 (after the crashed run's 1..2 in the same metrics.csv); they and its
+    final adapter match the uninterrupted run's."""
+    assert len(resumed.losses) == 6
+    for a, b in zip(resumed.losses[2:], uninterrupted.losses[2:]):
         assert abs(a - b) <= 1e-5 * abs(b)
     worst = max(float((resumed.adapter[k] - uninterrupted.adapter[k]).abs().max()) for k in resumed.adapter)
     assert worst <= tol, worst

@@ -228,31 +228,44 @@ def _trainer_cfg(**changes):
                              "enable_model_summary": False, "logger": False, **changes})
 
 
-def test_csv_logger_writes_under_the_output_dir(tmp_path):
+def test_csv_logger_writes_exactly_output_dir_metrics_csv(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
+    from nemo_peft.recipes.loggers import build_loggers
+
     out = tmp_path / "run"
-    trainer = build_trainer(_trainer_cfg(logger="csv"), str(out), None)
+    loggers = build_loggers(OmegaConf.create({}), str(out), "run")  # exp_manager's default: the CSV logger
+    trainer = build_trainer(_trainer_cfg(logger=None), str(out), None, loggers=loggers)
     logger = trainer.logger
     assert isinstance(logger, CSVLogger)
     logger.log_metrics({"train_loss": 1.5}, step=0)
     logger.save()
     written = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files]
-    assert written and all(w.startswith(str(out / "logs") + os.sep) for w in written), written
-    assert any(w.endswith("metrics.csv") for w in written)
+    assert written == [str(out / "metrics.csv")], written
 
 
 def test_no_logger(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
     assert build_trainer(_trainer_cfg(), str(tmp_path / "run"), None).logger is None
+    assert build_trainer(_trainer_cfg(logger=None), str(tmp_path / "run"), None).logger is None
+    # trainer.logger=false turns exp_manager's loggers off too
+    assert build_trainer(_trainer_cfg(), str(tmp_path / "run"), None, loggers=[CSVLogger(str(tmp_path))]).logger is None
 
 
 def test_tensorboard_logger_under_the_output_dir(tmp_path):
-    pytest.importorskip("tensorboard")  # not a dependency of nemo_peft
-    trainer = build_trainer(_trainer_cfg(logger="tensorboard"), str(tmp_path / "run"), None)
-    assert trainer.logger.root_dir == str(tmp_path / "run" / "logs")
+    pytest.importorskip("tensorboard")  # an optional extra of nemo_peft
+    from nemo_peft.recipes.loggers import build_loggers
+
+    loggers = build_loggers(OmegaConf.create({"create_csv_logger": False, "create_tensorboard_logger": True}),
+                            str(tmp_path / "run"), "run")
+    trainer = build_trainer(_trainer_cfg(logger=None), str(tmp_path / "run"), None, loggers=loggers)
+    assert trainer.logger.log_dir.rstrip(os.sep) == str(tmp_path / "run" / "tensorboard")
 
 
-@pytest.mark.parametrize("logger", ["wandb", "CSV", "none"])
-def test_unknown_logger_string_is_a_clear_error(logger, tmp_path):
-    with pytest.raises(ValueError, match=re.escape(f"trainer.logger={logger!r}; use false, true, csv or tensorboard.")):
+@pytest.mark.parametrize("logger,new", [("wandb", "exp_manager.create_wandb_logger=true"),
+                                        ("csv", "exp_manager.create_csv_logger=true"),
+                                        ("none", "exp_manager.create_csv_logger (on by default)")])
+def test_a_logger_name_in_trainer_logger_names_the_exp_manager_key(logger, new, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"trainer.logger={logger!r} is no longer a logger choice; use {new}")):
         build_trainer(_trainer_cfg(logger=logger), str(tmp_path / "run"), None)
