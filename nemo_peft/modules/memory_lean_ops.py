@@ -1,8 +1,10 @@
-"""RoPE and SwiGLU as autograd functions that save only what their backward needs.
+"""RoPE, SwiGLU and low-precision RMSNorm as autograd functions that save only what backward needs.
 
 Per layer of a 4 x 256 batch these save what the default graph would keep twice: RoPE keeps only
 cos/sin (its backward is the inverse rotation), and SwiGLU keeps only its input [gate | up]
-(silu(gate) is recomputed in backward). Forward values are computed exactly as the plain ops do.
+(silu(gate) is recomputed in backward). RMSNorm of a bf16/fp16 input normalizes in fp32 like the
+reference models, but keeps the input in its own dtype for backward, not an fp32 copy (half the bytes).
+Forward values are computed exactly as the plain ops do.
 """
 from __future__ import annotations
 
@@ -59,3 +61,29 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
         return _SwiGLU.apply(h)
     gate, up = h.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+class _RMSNormLowPrecision(torch.autograd.Function):
+    """rms_norm(x.float()).to(x.dtype) saving x itself and the fp32 1/rms, not x.float()."""
+
+    @staticmethod
+    def forward(ctx, x, eps: float):
+        xf = x.float()
+        inv_rms = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, inv_rms)
+        return F.rms_norm(xf, (x.shape[-1],), eps=eps).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, inv_rms = ctx.saved_tensors
+        xf, g = x.float(), grad.float()
+        # d/dx of x * r with r = mean(x^2)^-1/2: r * g - x * r^3 * mean(g * x)
+        dx = inv_rms * g - xf * inv_rms.pow(3) * (g * xf).mean(-1, keepdim=True)
+        return dx.to(x.dtype), None
+
+
+def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS-normalize the last dimension in fp32 and return x's dtype (no weight)."""
+    if x.dtype != torch.float32 and torch.is_grad_enabled() and x.requires_grad:
+        return _RMSNormLowPrecision.apply(x, eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
