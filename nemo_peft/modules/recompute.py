@@ -62,6 +62,9 @@ def _top_hooks():
 @contextlib.contextmanager
 def rebuilt_in_backward(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]):
     """Within the block, autograd saves ``t`` as ``rebuild`` (called without grad in backward)."""
+    if torch.compiler.is_compiling():  # the compiler decides what to save (and recomputes cheap ops)
+        yield
+        return
     top = _top_hooks()
     ours = top is not None and top[0] is _pack
     if not (torch.is_grad_enabled() and t.is_contiguous()) or (top is not None and not ours):
