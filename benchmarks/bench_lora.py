@@ -1,71 +1,31 @@
 #!/usr/bin/env python
 """LoRA benchmark: nemo_peft vs Hugging Face transformers + peft on SmolLM2-135M-Instruct (CPU).
 
-    python benchmarks/bench_lora.py            # full run (~10 min on 2 cores)
-    python benchmarks/bench_lora.py --quick    # smoke run (< 3 min)
+    python benchmarks/bench_lora.py            # full run (~12 min on 2 cores)
+    python benchmarks/bench_lora.py --quick    # smoke run (a few minutes)
     python benchmarks/bench_lora.py --bf16     # training under torch.autocast("cpu", bfloat16)
+    python benchmarks/bench_lora.py --device cuda [--compile]   # bf16 on a CUDA GPU: runs bench_lora_cuda.py
 
 Timed work alternates between the two sides (A B, then B A, ...) so machine noise hits
-both equally. Peak memory is measured in one fresh subprocess per side. Writes
-benchmarks/results.md; see benchmarks/README.md for what each number means.
+both equally. Peak memory is measured in one fresh subprocess per side. The same run measures
+this machine's limits (benchmarks/roofline.py: matmul peak per shape, memory bandwidth) and
+reports each side against them. Writes benchmarks/results.md; see benchmarks/README.md.
 """
 from __future__ import annotations
 
-import argparse, contextlib, copy, ctypes, gc, json, os, platform, shutil, statistics, subprocess, sys
-import tempfile, time
+import argparse, copy, ctypes, gc, json, os, shutil, subprocess, sys, tempfile, time
 
 import torch
-import torch.nn.functional as F
-import warnings
-
-warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecation chatter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # use the checkout even if nemo_peft is not installed
+sys.path.insert(0, os.path.dirname(HERE))  # the checkout: nemo_peft (even if not installed) and benchmarks.*
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RANK, ALPHA, LR = 16, 32, 1e-4
-
-
-# ---------------------------------------------------------------- the two sides
-def load_ours():
-    from nemo_peft.convert.gguf import gguf_default_path, load_gguf
-    return load_gguf(gguf_default_path())[0]
-
-
-def load_hf():
-    import transformers
-    from transformers import AutoModelForCausalLM
-    from nemo_peft.convert.gguf import gguf_default_path
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    p = gguf_default_path()
-    return AutoModelForCausalLM.from_pretrained(os.path.dirname(p), gguf_file=os.path.basename(p),
-                                                dtype=torch.float32).eval()
-
-
-def add_lora_ours(model):
-    from nemo_peft.peft.lora import LoraPEFTConfig
-    model.add_adapter(LoraPEFTConfig(target_modules=TARGETS, dim=RANK, alpha=ALPHA, dropout=0.0))
-    return model
-
-
-def add_lora_hf(model):
-    from peft import LoraConfig, get_peft_model
-    cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS, bias="none",
-                     task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
-
-
-def loss_ours(model, ids):
-    # Next-token loss over every position (labels shifted left, -100 at the end, as HF's ForCausalLMLoss
-    # with labels=ids), through the model's own training loss: the LM head in chunks, no full logits.
-    labels = F.pad(ids[:, 1:], (0, 1), value=-100)
-    return model.lm_loss(model(ids, return_hidden=True), labels)
-
-
-def loss_hf(model, ids):
-    return model(input_ids=ids, labels=ids, use_cache=False).loss  # no KV cache in training, like ours
+from benchmarks import batched_generation as bg  # noqa: E402
+from benchmarks.common import (ALPHA, LR, RANK, TARGETS, CpuMeter, Rows, Trainer, add_lora_hf,  # noqa: E402
+                               add_lora_ours, alternate, background_notes, bullets, dir_bytes, load_hf, load_ours,
+                               loss_hf, loss_ours, machine_info, make_batches, med, proc_kb, spread, timed,
+                               weights_bytes, write_text)
+from benchmarks.roofline import limits_markdown, measure_limits  # noqa: E402
 
 
 def decode_ours(model, prompt, n):
@@ -77,87 +37,6 @@ def decode_hf(model, prompt, n):
     out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                          max_new_tokens=n, min_new_tokens=n, pad_token_id=2)
     return out[0, prompt.shape[1]:].tolist()
-
-
-class Trainer:
-    """One LoRA training step: forward + loss, backward, AdamW step, zero_grad."""
-
-    def __init__(self, model, loss_fn, bf16: bool, batches):
-        self.model, self.loss_fn, self.batches, self.i = model.train(), loss_fn, batches, 0
-        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-        self.ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-        self.losses = []
-
-    def step(self) -> float:
-        ids = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        t = time.perf_counter()
-        with self.ctx():
-            loss = self.loss_fn(self.model, ids)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t
-        self.losses.append(loss.item())
-        return dt
-
-
-def make_batches(n, batch, seq, vocab, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(n)]
-
-
-# ---------------------------------------------------------------- helpers
-def timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def alternate(f, reps, warmup):
-    """Call f("ours") and f("hf") alternately (ours hf, hf ours, ...); each call returns its measurement."""
-    out = {"ours": [], "hf": []}
-    for i in range(warmup + reps):
-        for side in ("ours", "hf") if i % 2 == 0 else ("hf", "ours"):
-            v = f(side)
-            if i >= warmup:
-                out[side].append(v)
-    return out["ours"], out["hf"]
-
-
-def proc_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def cpu_seconds():
-    """(busy CPU-seconds of the whole machine from /proc/stat, steal included; our own CPU-seconds)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    t = os.times()
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system
-
-
-class CpuMeter:
-    """Cores' worth of CPU used by everything else on this machine since creation (background noise)."""
-
-    def __init__(self):
-        self.t0, (self.busy0, self.own0) = time.perf_counter(), cpu_seconds()
-
-    def others(self) -> float:
-        busy, own = cpu_seconds()
-        return max(0.0, (busy - self.busy0) - (own - self.own0)) / (time.perf_counter() - self.t0)
-
-
-def dir_bytes(d):
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-
-
-def weights_bytes(d):
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".safetensors"))
 
 
 # ---------------------------------------------------------------- memory (own subprocess per side)
@@ -172,7 +51,7 @@ def mem_child(args):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     batches = make_batches(2, args.batch, args.seq, model.config.vocab_size)
-    tr = Trainer(model, loss_ours if ours else loss_hf, args.bf16, batches)
+    tr = Trainer(model, loss_ours if ours else loss_hf, batches, "cpu" if args.bf16 else None)
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed loader buffers back so they are not reused silently
     base = proc_kb("VmRSS")
@@ -197,27 +76,15 @@ def measure_memory(side, args, recompute=False):
 
 
 # ---------------------------------------------------------------- main benchmark
-med = statistics.median
-
-
-def spread(xs):
-    return f"[{min(xs):.3g}–{max(xs):.3g}]" if len(xs) > 1 else ""
-
-
 def run(args):
     torch.set_num_threads(args.threads)
-    rows, notes = [], []
-
-    def row(metric, a, b, fmt, higher_better, extra_a="", extra_b=""):
-        ratio = (a / b if higher_better else b / a) if a and b else float("nan")
-        rows.append((metric, f"{a:{fmt}} {extra_a}".strip(), f"{b:{fmt}} {extra_b}".strip(), f"{ratio:.2f}x"))
-        print(f"  {metric}: ours {a:{fmt}}  hf {b:{fmt}}  ratio {ratio:.2f}", flush=True)
-
+    rows, notes = Rows(), []
+    row = rows.add
     t_start, whole = time.perf_counter(), CpuMeter()
     prec = "bf16 autocast" if args.bf16 else "fp32"
     tokens = args.batch * args.seq
 
-    print("[1/6] peak memory of the training step (fresh subprocess per side)", flush=True)
+    print("[1/8] peak memory of the training step (fresh subprocess per side)", flush=True)
     mem = {side: measure_memory(side, args) for side in ("ours", "hf")}
     row(f"train peak RSS increase, MiB ({prec})", mem["ours"]["increase_mib"], mem["hf"]["increase_mib"],
         ".0f", False)
@@ -226,14 +93,19 @@ def run(args):
     row(f"train peak RSS increase, MiB ({prec}, activation checkpointing on both sides)",
         mem["ours"]["increase_mib"], mem["hf"]["increase_mib"], ".0f", False)
 
-    print("[2/6] loading both models", flush=True)
+    print("[2/8] loading both models", flush=True)
     ours, hf = load_ours(), load_hf()
     ours_base, hf_base = copy.deepcopy(ours), copy.deepcopy(hf)  # pristine bases for adapter loading
-    vocab = ours.config.vocab_size
+    cfg, vocab = ours.config, ours.config.vocab_size
+
+    print("[3/8] this machine's limits: matmul peak per shape (fp32, bf16), memory bandwidth", flush=True)
+    lim = limits(args, cfg)
+    measured = {}  # medians to hold against the limits at the end
+
     prompt = torch.randint(100, vocab, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     n_new = args.new_tokens
 
-    def decode_pair(label):
+    def decode_pair(label, lora=False):
         got, sides = {}, {"ours": (decode_ours, ours.eval()), "hf": (decode_hf, hf.eval())}
 
         def fn(side):
@@ -242,40 +114,134 @@ def run(args):
         with torch.inference_mode():
             a, b = alternate(fn, args.decode_reps, 1)
         row(f"greedy decode tok/s, {label}", med(a), med(b), ".1f", True, spread(a), spread(b))
+        measured[f"decode {label}"] = (med(a), med(b), lora)
         assert len(got["ours"]) == n_new and len(got["hf"]) == n_new, "a side stopped early"
         return got
 
-    print(f"[3/6] greedy decoding, batch 1, prompt {args.prompt}, {n_new} new tokens", flush=True)
+    print(f"[4/8] greedy decoding, batch 1, prompt {args.prompt}, {n_new} new tokens", flush=True)
     base_tok = decode_pair("base")
     notes.append(f"base greedy tokens identical on both sides: {base_tok['ours'] == base_tok['hf']}")
 
-    print(f"[4/6] LoRA training step ({prec}), batch {args.batch} x {args.seq} tokens", flush=True)
+    print(f"[5/8] batched greedy generation: {args.gen_batch} prompts of 20-50 tokens, {args.gen_new} new", flush=True)
+    batched_generation(args, ours, hf, row, notes)
+
+    print(f"[6/8] LoRA training step ({prec}), batch {args.batch} x {args.seq} tokens", flush=True)
     ours, hf = add_lora_ours(ours), add_lora_hf(hf)
     n_tr = (sum(p.numel() for p in ours.parameters() if p.requires_grad),
             sum(p.numel() for p in hf.parameters() if p.requires_grad))
     notes.append(f"trainable parameters: nemo_peft {n_tr[0]:,}, HF+peft {n_tr[1]:,}")
     batches = make_batches(args.warmup + args.steps, args.batch, args.seq, vocab)
-    tr = {"ours": Trainer(ours, loss_ours, args.bf16, batches), "hf": Trainer(hf, loss_hf, args.bf16, batches)}
+    ac = "cpu" if args.bf16 else None
+    tr = {"ours": Trainer(ours, loss_ours, batches, ac), "hf": Trainer(hf, loss_hf, batches, ac)}
     train_meter = CpuMeter()
     a, b = alternate(lambda side: tr[side].step(), args.steps, args.warmup)
     train_load = train_meter.others()
     row(f"train tokens/s ({prec})", tokens / med(a), tokens / med(b), ".0f", True)
     row("train step time, s (median)", med(a), med(b), ".3f", False, spread(a), spread(b))
+    measured["train"] = (med(a), med(b))
     notes.append(f"first-step loss (LoRA B=0, so equal to the base model's): nemo_peft {tr['ours'].losses[0]:.5f}, "
                  f"HF+peft {tr['hf'].losses[0]:.5f}")
     if args.profile:
         profile(tr)
 
-    print("[5/6] decoding with LoRA unmerged; adapter save / load", flush=True)
-    unmerged = decode_pair("LoRA unmerged")
+    print("[7/8] decoding with LoRA unmerged; adapter save / load", flush=True)
+    unmerged = decode_pair("LoRA unmerged", lora=True)
+    adapter_io(args, ours, hf, ours_base, hf_base, batches, row, notes)
+
+    print("[8/8] merge / unmerge, then decoding merged", flush=True)
+    merge = {"ours": (ours.merge_adapters, ours.unmerge_adapters), "hf": (hf.merge_adapter, hf.unmerge_adapter)}
+    unmerge_t = {"ours": [], "hf": []}
+
+    def merge_fn(side):
+        dt = timed(merge[side][0])
+        unmerge_t[side].append(timed(merge[side][1]))
+        return dt
+    a, b = alternate(merge_fn, args.merge_reps, 1)
+    row("merge adapters, ms", 1e3 * med(a), 1e3 * med(b), ".1f", False)
+    measured["merge"] = (med(a), med(b))
+    row("unmerge adapters, ms", 1e3 * med(unmerge_t["ours"]), 1e3 * med(unmerge_t["hf"]), ".1f", False)
+    ours.merge_adapters()
+    hf.merge_adapter()
+    merged = decode_pair("LoRA merged")
+    notes.append("merged greedy tokens == unmerged: nemo_peft "
+                 f"{merged['ours'] == unmerged['ours']}, HF+peft {merged['hf'] == unmerged['hf']}")
+
+    print("[+] the machine's limits again (each number: the best of both passes); the table against them", flush=True)
+    lim.absorb(limits(args, cfg))
+    notes += against_limits(lim, measured, row)
+    notes += background_notes(whole, train_load)
+    write_results(args, rows, notes, lim, time.perf_counter() - t_start)
+
+
+def limits(args, cfg):
+    meter = CpuMeter()
+    lim = measure_limits(cfg, args.batch, args.seq, RANK, TARGETS, "bf16" if args.bf16 else "fp32", args.quick)
+    lim.background.append(meter.others())
+    print(f"  copy {lim.copy_gbps:.1f} GB/s, GEMV {lim.gemv_gbps:.1f} GB/s, best matmul {lim.matmul_peak():.0f} "
+          f"GFLOP/s fp32; step {lim.flops / 1e9:.1f} GFLOP, roofline {lim.roofline_s():.2f} s "
+          f"(other processes: {lim.background[-1]:.2f} cores)", flush=True)
+    return lim
+
+
+def against_limits(lim, measured, row):
+    """Rows of each side against this machine's own limits (roofline.py)."""
+    a, b = measured["train"]
+    roof = lim.roofline_s()
+    row("train achieved GFLOP/s (the step's matmul FLOPs / median step time)", lim.flops / a / 1e9,
+        lim.flops / b / 1e9, ".0f", True)
+    row(f"train step, % of roofline ({roof:.2f} s: each matmul at the measured {lim.train_dtype} peak of its shape)",
+        100 * roof / a, 100 * roof / b, ".0f", True, unit="%")
+    for key in [k for k in measured if k.startswith("decode ")]:
+        a, b, lora = measured[key]
+        bound = lim.decode_bound(lora)
+        row(f"greedy decode, % of the fp32 bandwidth bound ({bound:.1f} tok/s), {key[7:]}", 100 * a / bound,
+            100 * b / bound, ".0f", True, unit="%")
+    a, b = measured["merge"]
+    floor = lim.merge_floor_s()
+    row(f"merge, x its floor ({1e3 * floor:.1f} ms: B·A at matmul peak + the weights read and written at copy "
+        "bandwidth)", a / floor, b / floor, ".2f", False)
+    if roof > min(measured["train"]) or floor > min(measured["merge"]):
+        return ["WARNING: a side beat a measured limit (over 100% of the roofline, or under 1x a floor): the limits "
+                "were measured low, most likely under background load (see Machine limits); rerun on a quiet machine"]
+    return []
+
+
+def batched_generation(args, ours, hf, row, notes):
+    """Exact-match evaluation's generation: left-padded prompts, rows ending at different steps."""
+    p = bg.make_prompts(args.gen_batch, 20, 50, ours.config.vocab_size)
+    with torch.inference_mode():
+        # untimed first run of each side without EOS (also their warmup): pick an EOS that rows reach at
+        # different steps; the two sides must agree already here
+        first = {"ours": bg.generate_ours(ours.eval(), p, args.gen_new, None),
+                 "hf": bg.generate_hf(hf.eval(), p, args.gen_new, None)}
+        assert first["ours"] == first["hf"], "batched greedy generation differs: " + bg.mismatch_report(
+            first["ours"], first["hf"])
+        eos, ends = bg.pick_eos(first["ours"])
+        got = {}
+        fns = {"ours": lambda: bg.generate_ours(ours, p, args.gen_new, eos),
+               "hf": lambda: bg.generate_hf(hf, p, args.gen_new, eos)}
+        a, b = alternate(lambda side: timed(lambda: got.__setitem__(side, fns[side]())), args.gen_reps, 0)
+    assert got["ours"] == got["hf"], "batched greedy generation with EOS differs: " + bg.mismatch_report(
+        got["ours"], got["hf"])
+    n = bg.generated_tokens(got["ours"], args.gen_new)
+    row(f"batched greedy generation tok/s ({args.gen_batch} left-padded prompts of 20-50 tokens, "
+        f"{args.gen_new} new, rows ending at EOS at different steps)", n / med(a), n / med(b), ".1f", True,
+        spread([n / x for x in a]), spread([n / x for x in b]))
+    done = sorted(e + 1 for e in ends if e is not None)
+    notes.append(f"batched generation: EOS id {eos} ends {len(done)} of {args.gen_batch} rows (after "
+                 f"{', '.join(map(str, done)) or 'no'} tokens), the others run all {args.gen_new}; {n} tokens "
+                 f"generated per run (prompt lengths {min(p.lengths)}-{max(p.lengths)}); identical tokens on both "
+                 "sides (checked, with and without EOS); tok/s = generated tokens / wall time including the prefill")
+
+
+def adapter_io(args, ours, hf, ours_base, hf_base, batches, row, notes):
     from peft import PeftModel
     tmp = tempfile.mkdtemp(prefix="bench_lora_")
-    dirs, loaded, unmerge_t = {"ours": f"{tmp}/ours", "hf": f"{tmp}/hf"}, {}, {"ours": [], "hf": []}
+    dirs, loaded = {"ours": f"{tmp}/ours", "hf": f"{tmp}/hf"}, {}
     save = {"ours": lambda: ours.save_adapters(dirs["ours"]), "hf": lambda: hf.save_pretrained(dirs["hf"])}
     load = {"ours": lambda m: (m, m.load_adapters(dirs["ours"]))[0],
             "hf": lambda m: PeftModel.from_pretrained(m, dirs["hf"])}
     bases = {"ours": ours_base, "hf": hf_base}
-    merge = {"ours": (ours.merge_adapters, ours.unmerge_adapters), "hf": (hf.merge_adapter, hf.unmerge_adapter)}
 
     def save_fn(side):
         shutil.rmtree(dirs[side], ignore_errors=True)
@@ -284,11 +250,6 @@ def run(args):
     def load_fn(side):
         m = copy.deepcopy(bases[side])  # a fresh base without the adapter (the copy is not timed)
         return timed(lambda: loaded.__setitem__(side, load[side](m)))
-
-    def merge_fn(side):
-        dt = timed(merge[side][0])
-        unmerge_t[side].append(timed(merge[side][1]))
-        return dt
     a, b = alternate(save_fn, args.io_reps, 1)
     row("adapter save, ms", 1e3 * med(a), 1e3 * med(b), ".1f", False)
     a, b = alternate(load_fn, args.io_reps, 1)
@@ -300,28 +261,7 @@ def run(args):
         same_o = torch.allclose(ours.eval()(ids), loaded["ours"].eval()(ids), atol=1e-5)
         same_h = torch.allclose(hf.eval()(ids).logits, loaded["hf"].eval()(ids).logits, atol=1e-5)
     notes.append(f"reloaded adapter reproduces logits: nemo_peft {same_o}, HF+peft {same_h}")
-    del loaded
     shutil.rmtree(tmp, ignore_errors=True)
-
-    print("[6/6] merge / unmerge, then decoding merged", flush=True)
-    a, b = alternate(merge_fn, args.merge_reps, 1)
-    row("merge adapters, ms", 1e3 * med(a), 1e3 * med(b), ".1f", False)
-    row("unmerge adapters, ms", 1e3 * med(unmerge_t["ours"]), 1e3 * med(unmerge_t["hf"]), ".1f", False)
-    ours.merge_adapters()
-    hf.merge_adapter()
-    merged = decode_pair("LoRA merged")
-    notes.append("merged greedy tokens == unmerged: nemo_peft "
-                 f"{merged['ours'] == unmerged['ours']}, HF+peft {merged['hf'] == unmerged['hf']}")
-
-    elapsed = time.perf_counter() - t_start
-    notes.append(f"CPU used by other processes on this machine (background noise), in cores: "
-                 f"{whole.others():.2f} over the whole run, {train_load:.2f} during training "
-                 f"(of {os.cpu_count()} logical CPUs)")
-    if whole.others() > 0.2:
-        notes.append("WARNING: other processes used a sizeable share of the CPU during this run; absolute "
-                     "numbers are inflated and noisy (alternation keeps the ratios roughly comparable). "
-                     "Rerun on an idle machine for clean figures.")
-    write_results(args, rows, notes, elapsed)
 
 
 def profile(trainers):
@@ -334,56 +274,63 @@ def profile(trainers):
         print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
-def machine_info(args):
-    cpu = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    import peft, transformers
-    return (f"CPU: {cpu} ({os.cpu_count()} logical CPUs), torch threads: {args.threads}; "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-            f"Python {platform.python_version()}")
-
-
-def write_results(args, rows, notes, elapsed):
-    head = ["| metric | nemo_peft | HF+peft | ratio (>1 = nemo_peft better) |", "|---|---|---|---|"]
-    table = "\n".join(head + [f"| {m} | {a} | {b} | {r} |" for m, a, b, r in rows])
+def write_results(args, rows, notes, lim, elapsed):
     settings = (f"model SmolLM2-135M-Instruct (GGUF, dequantized to fp32); LoRA r={RANK} alpha={ALPHA} dropout 0 on "
                 f"{', '.join(TARGETS)}; AdamW lr {LR}; train batch {args.batch} x {args.seq} tokens, "
                 f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.warmup} warmup + {args.steps} timed steps; "
-                f"decode batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, "
-                f"{args.decode_reps} timed runs; save/load {args.io_reps}, merge {args.merge_reps} timed runs"
+                f"decode batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, {args.decode_reps} timed runs; "
+                f"batched generation {args.gen_batch} prompts, {args.gen_new} new tokens, {args.gen_reps} timed runs "
+                f"after one untimed run; save/load {args.io_reps}, merge {args.merge_reps} timed runs"
                 f"{' (--quick)' if args.quick else ''}")
-    text = (f"# LoRA benchmark: nemo_peft vs HF transformers + peft\n\n{table}\n\n"
-            f"Ratio: throughput ours/HF; times, memory and sizes HF/ours. "
+    yardstick = (f"Roofline yardstick: the useful matmul FLOPs of the configuration (the same number for both "
+                 f"sides; work a side adds, e.g. HF's LM head on the unlabelled last positions, is not counted) "
+                 f"against this machine's own limits measured in this run: each matmul at the measured "
+                 f"{lim.train_dtype} peak of its shape (% of roofline = roofline time / median step time); "
+                 f"decode against the fp32 weight bytes per token at the GEMV read bandwidth; merge against "
+                 f"B·A at peak plus one read and write of the merged weights at copy bandwidth.")
+    text = (f"# LoRA benchmark: nemo_peft vs HF transformers + peft\n\n{rows.markdown()}\n\n"
+            f"Ratio: throughput ours/HF; times, memory, sizes and multiples of a floor HF/ours. "
             f"Cells show the median and [min–max] of the timed runs where it varies.\n\n"
-            f"- Machine: {machine_info(args)}\n- Settings: {settings}\n"
-            + "".join(f"- {n}\n" for n in notes)
-            + f"- Wall time of the whole benchmark: {elapsed:.0f} s ({time.strftime('%Y-%m-%d %H:%M')})\n")
-    print("\n" + text)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
+            f"- Machine: {machine_info(args)}\n- Settings: {settings}\n- {yardstick}\n" + bullets(notes)
+            + f"- Wall time of the whole benchmark: {elapsed:.0f} s ({time.strftime('%Y-%m-%d %H:%M')})\n\n"
+            f"## Machine limits (measured in this run, {args.threads} threads)\n\n"
+            + limits_markdown(lim, args.batch * args.seq))
+    write_text(args.out, text)
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu (this benchmark), or cuda: bench_lora_cuda.py with the "
+                    "other arguments (--compile, --model, --tiny, ...; see its --help)")
     for flag, help_ in (("--steps", "timed training steps per side (default 10)"), ("--seq", "sequence length (256)"),
                         ("--warmup", "untimed warmup steps per side (2)"), ("--batch", "batch size (4)")):
         ap.add_argument(flag, type=int, default=None, help=help_)
     ap.add_argument("--bf16", action="store_true", help="train under torch.autocast('cpu', bfloat16) on both sides")
-    ap.add_argument("--quick", action="store_true", help="small numbers: whole run < 3 min")
+    ap.add_argument("--quick", action="store_true", help="small numbers: a smoke run of a few minutes")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one training step")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     ap.add_argument("--out", default=os.path.join(HERE, "results.md"), help="markdown output file")
     ap.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)  # memory subprocess
     ap.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)  # child: activation checkpointing
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     q = args.quick
     for k, v in dict(steps=2 if q else 10, warmup=1 if q else 2, seq=64 if q else 256, batch=4).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.prompt, args.new_tokens = 32, 32 if q else 128
-    args.decode_reps, args.io_reps, args.merge_reps = (1, 2, 2) if q else (3, 5, 5)
+    args.decode_reps, args.io_reps, args.merge_reps, args.gen_reps = (1, 2, 2, 1) if q else (3, 5, 5, 3)
+    args.gen_batch, args.gen_new = 25, 16
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--device", default="cpu")
+    if pre.parse_known_args(argv)[0].device != "cpu":  # the GPU comparison has its own script and flags
+        from benchmarks import bench_lora_cuda
+        return bench_lora_cuda.main(argv)
+    args = parse_args(argv)
     mem_child(args) if args.child else run(args)
 
 

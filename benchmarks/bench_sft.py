@@ -20,16 +20,14 @@ subprocess per side, over 2 steps on that side's largest micro-batch. Writes ben
 """
 from __future__ import annotations
 
-import argparse, copy, ctypes, gc, itertools, json, math, os, statistics, subprocess, sys, time, warnings
+import argparse, copy, ctypes, gc, itertools, json, math, os, statistics, subprocess, sys, time
 
 import torch
 
-warnings.filterwarnings("ignore", category=FutureWarning)
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-from bench_lora import (ALPHA, LR, RANK, TARGETS, CpuMeter, add_lora_hf, add_lora_ours, load_hf,  # noqa: E402
-                        load_ours, machine_info, proc_kb)
+sys.path.insert(0, os.path.dirname(HERE))  # the checkout: nemo_peft (even if not installed) and benchmarks.*
+from benchmarks.common import (ALPHA, LR, RANK, TARGETS, CpuMeter, Trainer, add_lora_hf,  # noqa: E402
+                               add_lora_ours, load_hf, load_ours, machine_info, proc_kb, write_text)
 
 SIDES = ("packed", "unpacked", "hf")
 NAMES = {"packed": "nemo_peft packed", "unpacked": "nemo_peft unpacked", "hf": "HF+peft (dynamic padding)"}
@@ -109,25 +107,6 @@ def build_side(side, base=None):
 
 def largest(batches):
     return max(batches, key=lambda b: (b["stats"]["processed"], b["stats"]["trained"]))
-
-
-class Trainer:
-    """One step: forward + answer-only loss, backward, AdamW step, zero_grad."""
-
-    def __init__(self, module, loss_fn):
-        self.module, self.loss_fn = module, loss_fn
-        self.opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=LR)
-        self.losses = []
-
-    def step(self, batch) -> float:
-        t = time.perf_counter()
-        loss = self.loss_fn(self.module, batch)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t
-        self.losses.append(loss.item())
-        return dt
 
 
 def check_losses(mods):
@@ -253,13 +232,6 @@ def profile(tr, batches):
         print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
-def simd_flags():
-    with open("/proc/cpuinfo") as f:
-        flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
-    keep = [x for x in flags if x.startswith(("avx", "amx")) or x in ("fma", "f16c", "sse4_2")]
-    return " ".join(sorted(keep)) or "unknown"
-
-
 def write_results(args, res, dist, rows_per_step, n_rows, guard, busy, busy_all, elapsed):
     head = ["| side | micro-batch | steps | trained tok/s | all (non-pad) tok/s | processed tok/s | padding "
             "fraction | step time, s (mean) | peak RSS increase, MiB |", "|---|---|---|---|---|---|---|---|---|"]
@@ -274,7 +246,7 @@ def write_results(args, res, dist, rows_per_step, n_rows, guard, busy, busy_all,
         ratio.append(f"| {NAMES[a]} / {NAMES[b]} | {ra['trained'] / rb['trained']:.2f}x | "
                      f"{ra['real'] / rb['real']:.2f}x | {rb['mem'] / ra['mem']:.2f}x |")
     pu, ph = res["packed"]["trained"] / res["unpacked"]["trained"], res["packed"]["trained"] / res["hf"]["trained"]
-    notes = [f"Machine: {machine_info(args)}", f"SIMD flags: {simd_flags()}", f"Data: {dist}",
+    notes = [f"Machine: {machine_info(args)}", f"Data: {dist}",
              f"Settings: SmolLM2-135M-Instruct (GGUF, dequantized to fp32); LoRA r={RANK} alpha={ALPHA} dropout 0 on "
              f"{', '.join(TARGETS)}; AdamW lr {LR}; answer-only loss; one optimizer step per micro-batch; packed rows "
              f"of {ROW} by first-fit decreasing over the whole set ({n_rows} rows, shuffled); {args.warmup} untimed "
@@ -295,10 +267,7 @@ def write_results(args, res, dist, rows_per_step, n_rows, guard, busy, busy_all,
             "min–max over the chunks. Every side trains on the same examples, so the trained-token totals are "
             "equal and the ratios are ratios of time (chunks hold different examples per side, so only the whole-run "
             "totals compare like with like).\n\n" + "".join(f"- {n}\n" for n in notes))
-    print("\n" + text)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(f"wrote {args.out}")
+    write_text(args.out, text)
 
 
 def main():

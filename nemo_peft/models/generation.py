@@ -160,14 +160,35 @@ def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None
     logits = model.logits(hidden[:, -1])  # only the last position needs the LM head
     next_pos = positions[:, -1:] + 1
     state = Decoding(params, b, context_ids.device, eos_id, decode, context_ids, mask)
+    # Rows still decoded (indices into the batch). A finished row leaves the model's batch, except under
+    # a sharded model (every process runs the same steps) or per-sample routing (rows fixed by route()).
+    rows = torch.arange(b, device=context_ids.device)
+    shrink = all_done is None and not _routed(model)
     while True:
         tok = state.step(logits)
         if state.over(all_done):
             break
+        if shrink and bool(state.stops.done[rows].any()):
+            keep = (~state.stops.done[rows]).nonzero().squeeze(1)
+            cache.keep_rows(keep)
+            rows, mask, next_pos = rows[keep], mask[keep], next_pos[keep]
+            padded = not bool(mask.all())
         if padded:
-            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-        hidden = model(tok[:, None], attention_mask=mask if padded else None, position_ids=next_pos,
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        hidden = model(tok[rows, None], attention_mask=mask if padded else None, position_ids=next_pos,
                        kv_cache=cache, return_hidden=True)
-        logits = model.logits(hidden[:, -1])
+        logits = _scatter_rows(model.logits(hidden[:, -1]), rows, b)
         next_pos = next_pos + 1
     return state.rows()
+
+
+def _routed(model) -> bool:
+    slots = getattr(model, "adapter_slots_by_path", None)
+    return slots is not None and any(slot.routing is not None for slot in slots().values())
+
+
+def _scatter_rows(logits: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Logits of the decoded ``rows`` placed in a [batch, V] tensor (finished rows get zeros: ignored)."""
+    if logits.shape[0] == batch:
+        return logits
+    return logits.new_zeros(batch, logits.shape[-1]).index_copy_(0, rows, logits)

@@ -49,6 +49,9 @@ def fused_qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     q_size, kv_size = block.num_heads * hd, block.num_kv_heads * hd
     q, k, v = adapted_linear(block.linear_qkv, block.lora_qkv, x).split([q_size, kv_size, kv_size], dim=-1)
     k, v = scale_kv(block, k, v)
+    if torch.is_grad_enabled() and v.requires_grad:
+        # attention keeps v for backward: a view would keep the whole [q | k | v] output alive
+        v = v.contiguous()
     return split_heads(q, block.num_heads, hd), split_heads(k, block.num_kv_heads, hd), \
         split_heads(v, block.num_kv_heads, hd)
 

@@ -2,7 +2,7 @@
 
 The logits of N tokens over a 50k vocabulary are N x 50k floats, kept by autograd together with
 their log-softmax (hundreds of MB for a 4 x 256 batch). Here the head runs on ``chunk_size`` rows
-at a time, and each chunk's gradients (w.r.t. the hidden states and, if it trains, the head
+at a time (a chunk's logits are the one large buffer), and each chunk's gradients (w.r.t. the hidden states and, if it trains, the head
 weight) are computed right away in forward, so no chunk outlives its loop iteration; backward
 only scales them by the incoming gradient. Rows labelled ``ignore_index`` never reach the head.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100  # label value the loss skips (e.g. padding); F.cross_entropy's default ignore_index
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk by default: 32 MiB in fp32, still large matmuls
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -36,10 +37,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             idx = rows[start:start + chunk_size]
             h = flat.index_select(0, idx).to(dtype)
             y = flat_labels.index_select(0, idx)
-            logits = (h @ w.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            # one [chunk, V] buffer: logits, then exp(logits - max), then the softmax, all in place
+            probs = (h @ w.T).float()
+            target = probs.gather(1, y[:, None])
+            peak = probs.amax(dim=1, keepdim=True)
+            total_exp = probs.sub_(peak).exp_().sum(dim=1, keepdim=True)
+            total += (total_exp.log() + peak - target).sum()  # log-sum-exp minus the target's logit
+            grad = probs.div_(total_exp)
             grad[torch.arange(len(idx), device=grad.device), y] -= 1.0
             grad = grad.div_(max(n, 1)).to(dtype)
             grad_hidden.index_copy_(0, idx, (grad @ w).float())
@@ -61,7 +65,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         chunk_size: int = 512, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+                         chunk_size: int | None = None, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` ([..., V] logits, never formed whole) against
     ``labels`` (same leading shape as ``hidden``), skipping ``ignore_index``; equal to
     ``F.cross_entropy(F.linear(hidden, weight).float().flatten(0, -2), labels.flatten())``.
@@ -69,4 +73,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     if labels.shape != hidden.shape[:-1]:
         raise ValueError(f"labels {tuple(labels.shape)} must match hidden {tuple(hidden.shape)} without its "
                          "last dimension.")
+    if chunk_size is None:  # rows whose fp32 logits fill CHUNK_ELEMENTS (about 32 MiB), at least 64
+        chunk_size = max(64, CHUNK_ELEMENTS // weight.shape[0])
     return _LinearCrossEntropy.apply(hidden, weight, labels, int(chunk_size), int(ignore_index))

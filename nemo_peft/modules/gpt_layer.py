@@ -1,6 +1,8 @@
 """The GPT layer and stack: pre-norm x + attn(norm(x)), then x + mlp(norm(x)), and the final norm."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -9,6 +11,7 @@ from nemo_peft.core.slots import SlotSpec, add_adapter_slots
 from nemo_peft.modules.gpt_attention import SelfAttention
 from nemo_peft.modules.mlp import MLP
 from nemo_peft.modules.norm import build_norm
+from nemo_peft.modules.recompute import rebuilt_in_backward
 
 
 class TransformerLayer(nn.Module):
@@ -29,11 +32,15 @@ class TransformerLayer(nn.Module):
         add_adapter_slots(self)
 
     def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
-        a = self.self_attention(self.input_layernorm(x), rope, attn_mask, kv_cache)
+        n = self.input_layernorm(x)
+        with rebuilt_in_backward(n, partial(self.input_layernorm, x)):  # LoRA on q/k/v need not keep n
+            a = self.self_attention(n, rope, attn_mask, kv_cache)
         if self.adapter_post_attn.active:
             a = self.adapter_post_attn(a)
         x = x + a
-        m = self.mlp(self.pre_mlp_layernorm(x))
+        n = self.pre_mlp_layernorm(x)
+        with rebuilt_in_backward(n, partial(self.pre_mlp_layernorm, x)):  # (partial: x is rebound)
+            m = self.mlp(n)
         if self.adapter_post_mlp.active:
             m = self.adapter_post_mlp(m)
         return x + m

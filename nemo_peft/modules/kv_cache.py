@@ -33,6 +33,10 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop every batch row not in ``rows`` (finished rows of a generation stop costing compute)."""
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+
 
 class T5KVCache:
     """The decoder's caches for incremental decoding.

@@ -1,8 +1,11 @@
-"""RoPE and SwiGLU as autograd functions that save only what their backward needs.
+"""RoPE, SwiGLU and low-precision RMSNorm as autograd functions that save only what backward needs.
 
 Per layer of a 4 x 256 batch these save what the default graph would keep twice: RoPE keeps only
 cos/sin (its backward is the inverse rotation), and SwiGLU keeps only its input [gate | up]
-(silu(gate) is recomputed in backward). Forward values are computed exactly as the plain ops do.
+(silu(gate) is recomputed in backward). RMSNorm of a bf16/fp16 input normalizes in fp32 like the
+reference models, but keeps the input in its own dtype for backward, not an fp32 copy (half the bytes).
+Forward values are computed exactly as the plain ops do. Under ``torch.compile`` the plain ops run
+instead: the compiler fuses them and its partitioner already recomputes cheap ops in backward.
 """
 from __future__ import annotations
 
@@ -10,30 +13,42 @@ import torch
 import torch.nn.functional as F
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """[x1, x2] -> [x1 c1 - sign x2 s1, x2 c2 + sign x1 s2] on the halves: x * cos + rotate_half(x) * sin
+    for sign 1 (bitwise: the same products and sums, no fused multiply-add), its transpose for sign -1.
+    Written into one output through half-size temporaries: fewer passes over memory than the cat form."""
     half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    x1, x2, c1, c2, s1, s2 = x[..., :half], x[..., half:], cos[..., :half], cos[..., half:], sin[..., :half], \
+        sin[..., half:]
+    out = torch.empty(torch.broadcast_shapes(x.shape, cos.shape), dtype=x.dtype, device=x.device)
+    o1, o2 = out[..., :half], out[..., half:]
+    torch.mul(x1, c1, out=o1)
+    o1.sub_(x2 * s1) if sign > 0 else o1.add_(x2 * s2)
+    torch.mul(x2, c2, out=o2)
+    o2.add_(x1 * s2) if sign > 0 else o2.sub_(x1 * s1)
+    return out
 
 
 class _Rotary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return x * cos + _rotate_half(x) * sin
+        return _rotate(x, cos, sin, 1.0)
 
     @staticmethod
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
-        z = grad * sin  # the transpose of rotate_half: [z1, z2] -> [z2, -z1]
-        half = z.shape[-1] // 2
-        return grad * cos + torch.cat((z[..., half:], -z[..., :half]), dim=-1), None, None
+        return _rotate(grad, cos, sin, -1.0), None, None  # the transpose of rotate_half: [z1, z2] -> [z2, -z1]
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin (cos/sin broadcast to x; they take no gradient)."""
+    if torch.compiler.is_compiling():  # plain ops: the compiler fuses them and picks what to save
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
     if torch.is_grad_enabled() and x.requires_grad and not (cos.requires_grad or sin.requires_grad):
         return _Rotary.apply(x, cos, sin)
-    return x * cos + _rotate_half(x) * sin
+    return _rotate(x, cos, sin, 1.0)
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -41,21 +56,55 @@ class _SwiGLU(torch.autograd.Function):
     def forward(ctx, h):
         ctx.save_for_backward(h)
         gate, up = h.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return F.silu(gate).mul_(up)
 
     @staticmethod
     def backward(ctx, grad):
         (h,) = ctx.saved_tensors
         gate, up = h.chunk(2, dim=-1)
+        dh = torch.empty_like(h)  # [d_gate | d_up] written in place: no cat, few temporaries
+        d_gate, d_up = dh.chunk(2, dim=-1)
         sig = torch.sigmoid(gate)
-        silu = gate * sig
-        d_gate = grad * up * (sig * (1 + gate * (1 - sig)))
-        return torch.cat((d_gate, grad * silu), dim=-1)
+        torch.mul(gate, sig, out=d_up).mul_(grad)  # d_up = grad * silu(gate)
+        # d_gate = grad * up * silu'(gate), silu' = sig * (1 + gate * (1 - sig))
+        slope = torch.rsub(sig, 1).mul_(gate).add_(1).mul_(sig)
+        torch.mul(grad, up, out=d_gate).mul_(slope)
+        return dh
 
 
 def swiglu(h: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of h = [gate | up]."""
+    if torch.compiler.is_compiling():
+        gate, up = h.chunk(2, dim=-1)
+        return F.silu(gate) * up
     if torch.is_grad_enabled() and h.requires_grad:
         return _SwiGLU.apply(h)
     gate, up = h.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    return F.silu(gate).mul_(up)
+
+
+class _RMSNormLowPrecision(torch.autograd.Function):
+    """rms_norm(x.float()).to(x.dtype) saving x itself and the fp32 1/rms, not x.float()."""
+
+    @staticmethod
+    def forward(ctx, x, eps: float):
+        xf = x.float()
+        inv_rms = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, inv_rms)
+        return F.rms_norm(xf, (x.shape[-1],), eps=eps).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, inv_rms = ctx.saved_tensors
+        xf, g = x.float(), grad.float()
+        # d/dx of x * r with r = mean(x^2)^-1/2: r * g - x * r^3 * mean(g * x)
+        dx = inv_rms * g - xf * inv_rms.pow(3) * (g * xf).mean(-1, keepdim=True)
+        return dx.to(x.dtype), None
+
+
+def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS-normalize the last dimension in fp32 and return x's dtype (no weight)."""
+    if x.dtype != torch.float32 and torch.is_grad_enabled() and x.requires_grad \
+            and not torch.compiler.is_compiling():
+        return _RMSNormLowPrecision.apply(x, eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)

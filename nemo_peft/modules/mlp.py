@@ -1,11 +1,15 @@
 """Feed-forward block: ``linear_fc1`` (fused gate+up when gated) and ``linear_fc2``."""
 from __future__ import annotations
 
+import contextlib
+from functools import partial
+
 import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
 from nemo_peft.modules.memory_lean_ops import swiglu
+from nemo_peft.modules.recompute import rebuilt_in_backward
 
 ACTIVATIONS = {
     "gelu": F.gelu,
@@ -39,6 +43,7 @@ class MLP(nn.Module):
         h = self.linear_fc1(x)
         if self.lora_fc1.active:
             h = self.lora_fc1(x, h)
+        fc1_out = h
         if self.gated and self.activation == "silu":
             h = swiglu(h)  # keeps only [gate | up] for backward
         elif self.gated:
@@ -50,5 +55,8 @@ class MLP(nn.Module):
             h = self.ia3_mlp(h)
         out = self.linear_fc2(h)
         if self.lora_fc2.active:
-            out = self.lora_fc2(h, out)
+            # LoRA's A keeps its input for backward: SwiGLU's output is rebuilt from [gate | up] instead
+            lean = self.gated and self.activation == "silu" and not self.ia3_mlp.active
+            with rebuilt_in_backward(h, partial(swiglu, fc1_out)) if lean else contextlib.nullcontext():
+                out = self.lora_fc2(h, out)
         return out

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from nemo_peft.modules.memory_lean_ops import rms_norm_fp32
 
 
 class RMSNorm(nn.Module):
@@ -14,8 +15,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalize in fp32 like the reference implementations, then cast back.
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * y
+        return self.weight * rms_norm_fp32(x, self.eps)
 
 
 def build_norm(kind: str, dim: int, eps: float) -> nn.Module:

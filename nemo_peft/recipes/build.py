@@ -15,6 +15,7 @@ from nemo_peft.data.tokenizer import Tokenizer
 from nemo_peft.families import FAMILIES, family_named, family_of, load_adapters, load_pretrained
 from nemo_peft.families.base import unwrap
 from nemo_peft.families.io import remember_tokenizer
+from nemo_peft.models.compile import compile_blocks
 from nemo_peft.peft.schemes import configs_from_peft_section
 from nemo_peft.recipes.checkpoint_io import SafeCheckpointIO
 from nemo_peft.recipes.loggers import trainer_logger
@@ -29,7 +30,7 @@ def to_dict(node) -> dict:
 
 # the keys each section reads: one added with Hydra's "+" that is not here is a typo, not a no-op
 MODEL_KEYS = ("arch", "restore_from_path", "from_scratch", "init_seed", "eval_exact_match", "global_batch_size",
-              "activations_checkpoint_granularity", "optim", "generation", "peft")
+              "activations_checkpoint_granularity", "optim", "generation", "peft", "compile")
 
 
 def check_section_keys(node, allowed, where: str) -> None:
@@ -99,6 +100,8 @@ def build_model(model_cfg: DictConfig):
         module.add_adapter(configs_from_peft_section(to_dict(peft), tokenizer))
         if peft.get("restore_from_path"):
             load_adapters(module, peft.restore_from_path, strict_base=peft.get("strict_base", True))
+    if model_cfg.get("compile", False):  # last: compiled code specialises on the adapters in place
+        compile_blocks(model)
     return module
 
 

@@ -83,6 +83,25 @@ def test_batched_rows_stopping_at_different_steps_equal_each_row_alone():
     assert cut_at_stop(letters(batched[0]), [stop_text]) == letters(alone[0])[:letters(alone[0]).find(stop_text)]
 
 
+def test_finished_rows_leave_the_batch_with_unchanged_outputs():
+    model = peaky_model("llama")
+    g = torch.Generator().manual_seed(6)
+    rows = [torch.randint(0, 97, (n,), generator=g).tolist() for n in (6, 4, 5)]
+    base = SamplingParams(max_new_tokens=10)
+    alone = [generate(model, torch.tensor([r]), params=base)[0] for r in rows]
+    params = dataclasses.replace(base, stop_token_ids=[alone[0][2], alone[1][5]])
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+    ids, mask = padded(rows)
+    shrinking = generate(model, ids, mask, params)
+    steps_shrinking, sizes[:] = list(sizes), []
+    fixed = generate(model, ids, mask, params, all_done=lambda done: done)  # a sharded model's path: no shrinking
+    hook.remove()
+    assert shrinking == fixed == [generate(model, torch.tensor([r]), params=params)[0] for r in rows]
+    assert set(sizes) == {3}  # every forward of the fixed path ran all rows
+    assert steps_shrinking == sorted(steps_shrinking, reverse=True) and steps_shrinking[-1] < 3
+
+
 def test_stop_string_cut_and_max_new_tokens_override():
     assert cut_at_stop("answer: 42\nQ: next", ["\nQ:", "42"]) == "answer: "  # the earliest stop wins
     assert cut_at_stop("no stop here", ["###"]) == "no stop here"
