@@ -32,9 +32,14 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate", "torchao>=0.10", "import-linter>=2.0", "hypothesis>=6.0"],
+        "test": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate", "torchao>=0.10", "import-linter>=2.0", "hypothesis>=6.0",
+                 "tensorboard", "matplotlib"],
         "quant": ["torchao>=0.10"],  # QLoRA's 4-bit NF4 base weights (nemo_peft.peft.qlora)
         "parquet": ["pyarrow"],  # Parquet data files (nemo_peft.data.record_files)
+        "tensorboard": ["tensorboard"],  # exp_manager.create_tensorboard_logger
+        "wandb": ["wandb"],  # exp_manager.create_wandb_logger
+        "mlflow": ["mlflow"],  # exp_manager.create_mlflow_logger
+        "plots": ["matplotlib"],  # <output_dir>/loss.png, examples/plot_metrics.py
         "dev": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate"],
     },
 )
