@@ -59,7 +59,7 @@ def test_the_examples_are_the_same_command(tmp_path):
     (["fintune"], "unknown command 'fintune' (did you mean 'finetune'?); valid commands: finetune, estimate, "
                   "generate, inspect-data, merge, export"),
     (["finetune", "+estimate_only=maybe"], "estimate_only takes true or false"),
-    (["estimate", "--cfg", "job"], "Hydra flags (--cfg job) do not apply to an estimate"),
+    (["estimate", "--cfg", "job"], "Hydra flags (--cfg) do not apply to an estimate"),
     (["finetune", "model.peft.peft_scheme=loraa"], "loraa"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, message):
