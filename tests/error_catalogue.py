@@ -653,7 +653,7 @@ _CATALOGUE_SPEC = [
      lambda tmp: finetune(tmp, "+model.eval_exact_mach=false"),
      (_V, r"Unknown key\(s\) 'eval_exact_mach' \(did you mean 'eval_exact_match'\?\) in model"),
      ("ValueError: Unknown key(s) 'eval_exact_mach' (did you mean 'eval_exact_match'?) in model; valid keys: "
-      "activations_checkpoint_granularity, arch, eval_exact_match, from_scratch, generation, …"),
+      "activations_checkpoint_granularity, arch, compile, eval_exact_match, from_scratch, …"),
      "Fix the key's spelling; Hydra's `+` adds keys, so a typo is only caught here."),
     ("exp-manager-unknown-key", "config", "A misspelt exp_manager option (`+exp_manager.overwrit=true`)",
      lambda tmp: finetune(tmp, "+exp_manager.overwrit=true"),
