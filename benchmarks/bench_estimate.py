@@ -9,7 +9,8 @@ Anything after ``--`` is a finetune override, given to both sides. Each side run
 the estimate (``estimate_finetune``), then the real run (``run_finetune``, its output in a temporary
 directory unless exp_manager.output_dir is given) with a step clock. Measured: the median optimizer step
 after the first (the probe's warmup; the estimate's step is also a median), the process's peak RSS (VmHWM at the end, loading included), the
-RSS right after the model was built, and the wall time from building the model to the end.
+RSS right after the model was built, the peak up to the end of the last evaluation (before the recipe's
+plots), and the wall time from building the model to the end.
 Prints a ``RESULT {...}`` JSON line per side and a markdown row (predicted / measured, difference).
 """
 from __future__ import annotations
@@ -42,16 +43,22 @@ def child_estimate(overrides: list[str]) -> dict:
 
 
 def child_run(overrides: list[str]) -> dict:
+    import lightning as L
+
     import nemo_peft.recipes.finetune as ft
     from nemo_peft.cli.hydra_command import compose
     from nemo_peft.recipes.hydra_args import peft_scheme_args
     from nemo_peft.recipes.probe import StepClock, proc_mib
 
-    clock, loaded, start = StepClock(), [], []
+    clock, loaded, start, after_eval = StepClock(), [], [], []
     build_trainer, build_model = ft.build_trainer, ft.build_model
 
+    class AfterEval(L.Callback):  # the peak before what the recipe does after its last evaluation (plots, ...)
+        def on_test_end(self, trainer, pl_module):
+            after_eval.append(proc_mib("VmHWM"))
+
     def with_clock(*args, callbacks=None, **kw):
-        return build_trainer(*args, callbacks=[*(callbacks or []), clock], **kw)
+        return build_trainer(*args, callbacks=[*(callbacks or []), clock, AfterEval()], **kw)
 
     def timed_model(*args, **kw):
         start.append(time.perf_counter())
@@ -66,7 +73,8 @@ def child_run(overrides: list[str]) -> dict:
     peak = proc_mib("VmHWM")
     return {"step_s": statistics.median(steps), "peak_mib": peak, "loaded_mib": loaded[0],
             "increase_mib": peak - loaded[0], "total_s": wall, "steps": len(clock.steps),
-            "step_list_s": steps, "test_batch_s": clock.test_batches}
+            "step_list_s": steps, "test_batch_s": clock.test_batches,
+            "peak_after_eval_mib": after_eval[-1] if after_eval else None}
 
 
 def side(kind: str, overrides: list[str]) -> dict:
