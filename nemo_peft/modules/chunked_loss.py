@@ -2,9 +2,9 @@
 
 The logits of N tokens over a 50k vocabulary are N x 50k floats, kept by autograd together with
 their log-softmax (hundreds of MB for a 4 x 256 batch). Here the head runs on ``chunk_size`` rows
-at a time (a chunk's logits are the one large buffer), and each chunk's gradients (w.r.t. the hidden states and, if it trains, the head
-weight) are computed right away in forward, so no chunk outlives its loop iteration; backward
-only scales them by the incoming gradient. Rows labelled ``ignore_index`` never reach the head.
+at a time (a chunk's logits are the one large buffer), and each chunk's gradients (w.r.t. the
+hidden states and, if it trains, the head weight) are computed right away in forward, so no chunk
+outlives its loop iteration; backward only scales them by the incoming gradient. Rows labelled ``ignore_index`` never reach the head.
 """
 from __future__ import annotations
 
