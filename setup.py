@@ -15,8 +15,9 @@ setup(
     packages=[*find_packages(include=["nemo_peft", "nemo_peft.*"]), "nemo_peft.conf",
               *(f"nemo_peft.conf.{group}" for group in CONF_GROUPS)],
     package_dir={"nemo_peft.conf": "conf"},
-    package_data={"nemo_peft.data": ["bundled/*/*.jsonl", "bundled/*/*.md"], "nemo_peft.conf": ["*.yaml"],
-                  **{f"nemo_peft.conf.{group}": ["*.yaml"] for group in CONF_GROUPS}},
+    package_data={"nemo_peft.data": ["bundled/*/*.jsonl", "bundled/*/*.md", "bundled/*/*.json",
+                                      "bundled/*/*.safetensors"],  # t5_dates: the small pre-trained T5
+                  "nemo_peft.conf": ["*.yaml"], **{f"nemo_peft.conf.{group}": ["*.yaml"] for group in CONF_GROUPS}},
     entry_points={"console_scripts": ["nemo-peft = nemo_peft.cli:console"]},
     install_requires=[
         # torch is deliberately unpinned: scripts/setup.sh installs the right build first.
@@ -33,13 +34,14 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate", "torchao>=0.10", "import-linter>=2.0", "hypothesis>=6.0",
-                 "tensorboard", "matplotlib"],
+                 "tensorboard", "matplotlib", "nbclient", "nbformat", "ipykernel"],  # the last three run tutorials/
         "quant": ["torchao>=0.10"],  # QLoRA's 4-bit NF4 base weights (nemo_peft.peft.qlora)
         "parquet": ["pyarrow"],  # Parquet data files (nemo_peft.data.record_files)
         "tensorboard": ["tensorboard"],  # exp_manager.create_tensorboard_logger
         "wandb": ["wandb"],  # exp_manager.create_wandb_logger
         "mlflow": ["mlflow"],  # exp_manager.create_mlflow_logger
         "plots": ["matplotlib"],  # <output_dir>/loss.png, examples/plot_metrics.py
+        "tutorials": ["jupyterlab", "matplotlib", "transformers>=4.45", "peft>=0.13"],  # tutorials/*.ipynb
         "dev": ["pytest>=7", "transformers>=4.45", "peft>=0.13", "accelerate"],
     },
 )

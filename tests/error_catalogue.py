@@ -665,7 +665,7 @@ _CATALOGUE_SPEC = [
      lambda tmp: finetune(tmp, "+seeed=1"),
      (_V, r"Unknown key\(s\) 'seeed' \(did you mean 'seed'\?\) in the finetune config"),
      ("ValueError: Unknown key(s) 'seeed' (did you mean 'seed'?) in the finetune config; valid keys: data, "
-      "eval_before, exp_manager, model, name, seed, trainer."),
+      "estimate, eval_before, exp_manager, model, name, seed, trainer."),
      "Fix the key's spelling."),
     ("checkpoint-unknown-key", "config", "A ModelCheckpoint option that does not exist (`+exp_manager.checkpoint.every_n_steps=1`)",
      lambda tmp: finetune(tmp, "+exp_manager.checkpoint.every_n_steps=1"),

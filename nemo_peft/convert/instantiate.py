@@ -6,6 +6,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nemo_peft.modules.weight_layout import store_base_weights_column_major
+
 
 def instantiate(model_cls: type, cfg, state: dict[str, torch.Tensor], source: str,
                 dtype: torch.dtype | None = None, after_load: Callable[[nn.Module], None] | None = None) -> nn.Module:
@@ -38,4 +40,5 @@ def instantiate(model_cls: type, cfg, state: dict[str, torch.Tensor], source: st
         model.load_state_dict(state, strict=False)
         if after_load is not None:
             after_load(model)
+    store_base_weights_column_major(model, model.output_weight())  # assign=True brought the files' layout
     return model

@@ -14,6 +14,8 @@ import contextlib
 import torch
 from torch import nn
 
+from nemo_peft.modules.weight_layout import store_weights_row_major
+
 
 def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
@@ -36,6 +38,7 @@ def shard_model(model, mesh) -> None:
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     check_shardable(model)
+    store_weights_row_major(model)  # fully_shard takes contiguous parameters only
     for unit in model.fsdp_units():
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)

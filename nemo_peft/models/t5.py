@@ -18,6 +18,7 @@ from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
 from nemo_peft.modules.kv_cache import T5KVCache
 from nemo_peft.modules.t5_layer import T5Stack
+from nemo_peft.modules.weight_layout import store_base_weights_column_major
 
 # transformers' activation names (the part of feed_forward_proj after "gated-") -> ours
 T5_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -95,6 +96,7 @@ class T5Model(nn.Module, AdapterMixin):
         if not cfg.tie_word_embeddings:
             self.output_layer = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._init_weights()
+        store_base_weights_column_major(self, self.output_weight())  # faster decode GEMVs
 
     # --- forward ---
     def fsdp_units(self) -> list[nn.Module]:

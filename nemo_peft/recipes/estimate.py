@@ -1,5 +1,6 @@
 """The pre-flight estimate of a fine-tuning run: ``nemo-peft finetune ... +estimate_only=true``
-(or ``nemo-peft estimate ...``) prints it and exits; ``finetune.py`` can print it in its banner.
+(or ``nemo-peft estimate ...``) prints it and exits; ``finetune.py`` prints it in its banner
+(``estimate=false`` turns that off).
 
 Trainable parameters and the adapter's size on disk are exact (the adapter is saved to a temporary
 directory). Peak memory and time per step come from a probe (``probe.py``): a few real optimizer steps
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from nemo_peft.recipes.build import build_data, build_model, check_section_keys, to_dict
-from nemo_peft.recipes.finetune import EXP_MANAGER_KEYS, ROOT_KEYS, batch_arithmetic
+from nemo_peft.recipes.run_config import EXP_MANAGER_KEYS, ROOT_KEYS, batch_arithmetic
 from nemo_peft.recipes.probe import ProbeResult, proc_mib, run_probe
 from nemo_peft.recipes.strategies import data_parallel_size
 

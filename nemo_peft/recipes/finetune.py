@@ -19,19 +19,21 @@ import tempfile
 import time
 
 import lightning as L
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from nemo_peft.core import adapter_io
 from nemo_peft.models.fsdp import check_shardable, full_adapter_weights
 from nemo_peft.recipes import precision_advice
-from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys, to_dict
-from nemo_peft.recipes.loggers import LOGGER_KEYS, build_loggers, set_resuming
+from nemo_peft.recipes.build import build_data, build_model, build_trainer, check_section_keys
+from nemo_peft.recipes.estimate import estimate_finetune
+from nemo_peft.recipes.loggers import build_loggers, set_resuming
 from nemo_peft.recipes.loggers import where as logger_files
 from nemo_peft.recipes.plots import draw_loss
 from nemo_peft.recipes.run_log import get_logger, log_file, quiet_third_party
 from nemo_peft.recipes.run_report import banner, timing_line, written_lines
 from nemo_peft.recipes.step_metrics import StepMetrics
-from nemo_peft.recipes.strategies import AdapterDDPStrategy, AdapterFSDPStrategy, accumulation, data_parallel_size
+from nemo_peft.recipes.run_config import EXP_MANAGER_KEYS, ROOT_KEYS, batch_arithmetic
+from nemo_peft.recipes.strategies import AdapterDDPStrategy, AdapterFSDPStrategy
 from nemo_peft.recipes.throughput import ThroughputMonitor
 
 LOCK_NAME = ".lock"
@@ -45,11 +47,6 @@ def _exact_match(trainer, module, data) -> float | None:
     result = trainer.test(module, datamodule=data, verbose=False)
     module.stopped_share = result[0].get("test_stopped") if result else None
     return result[0].get("test_exact_match") if result else None
-
-
-ROOT_KEYS = ("name", "seed", "eval_before", "exp_manager", "model", "data", "trainer")
-EXP_MANAGER_KEYS = ("output_dir", "adapter_dir", "resume_from_checkpoint", "resume_if_exists", "overwrite",
-                    "checkpoint", *LOGGER_KEYS)
 
 
 def run_finetune(cfg: DictConfig) -> dict:
@@ -84,6 +81,10 @@ def run_finetune(cfg: DictConfig) -> dict:
             check_shardable(module.model)  # before any process starts
         for line in banner(cfg, module, batch_line, trainer_cfg):
             say(line)
+        if leader and ckpt is None and trainer.world_size == 1 and cfg.get("estimate", True):
+            # a few probe steps on a throwaway copy of the state: the run that follows is unchanged
+            for line in estimate_finetune(cfg, module).lines():
+                say(line)
         slower = precision_advice.for_run(trainer_cfg, cfg.data, module.model) if leader else None
         if slower:  # bf16 asked for on a CPU where it is slower than fp32
             log.warning(slower)
@@ -134,21 +135,6 @@ def run_finetune(cfg: DictConfig) -> dict:
 
 def _silent(*args, **kwargs) -> None:
     pass
-
-
-def batch_arithmetic(cfg: DictConfig) -> tuple[DictConfig, str]:
-    """(the trainer section with accumulate_grad_batches derived from model.global_batch_size, and the
-    line that states the arithmetic)."""
-    trainer_cfg = cfg.trainer.copy()
-    kwargs = to_dict(trainer_cfg)
-    train = cfg.data.get("train_ds") or {}
-    micro = int(train.get("micro_batch_size", 4))
-    accumulate = accumulation(cfg.model.get("global_batch_size"), micro, kwargs)
-    with open_dict(trainer_cfg):
-        trainer_cfg.accumulate_grad_batches = accumulate
-    dp = data_parallel_size(kwargs)
-    return trainer_cfg, (f"global batch {micro * dp * accumulate} = micro batch {micro} x {dp} data-parallel "
-                         f"process(es) x {accumulate} accumulation step(s); loss = mean over its trained tokens")
 
 
 def reduced_bytes_line(trainer, module) -> str | None:

@@ -87,3 +87,30 @@ def test_arithmetic_of_steps_and_validation_passes():
     assert validation_passes(OmegaConf.create({"val_check_interval": 20, "check_val_every_n_epoch": None}),
                              100, 250, 1) == 5
     assert validation_passes(OmegaConf.create({"val_check_interval": None}), 500, 250, 1) == 2
+
+
+def test_the_banner_estimate_leaves_the_run_unchanged(tmp_path, caplog):
+    """finetune.py prints the estimate in its banner (estimate=true, the default); the probe runs on a throwaway
+    copy of the state, so the trained adapter is bitwise the one of a run with estimate=false."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    from nemo_peft.cli.hydra_command import compose
+    from nemo_peft.recipes.finetune import run_finetune
+
+    weights = {}
+    for estimate in (True, False):
+        out = tmp_path / f"run_{estimate}"
+        cfg = compose("finetune", [*TINY, "trainer.max_steps=6", f"exp_manager.output_dir={out}", "eval_before=false",
+                                   "model.peft.lora_tuning.dropout=0.1", f"estimate={str(estimate).lower()}"])
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nemo_peft"):
+            result = run_finetune(cfg)
+        said = caplog.text
+        assert ("pre-flight estimate" in said) == estimate, said[-2000:]
+        assert ("time per step" in said) == estimate
+        weights[estimate] = load_file(os.path.join(result["adapter_dir"], "adapter_weights.safetensors"))
+    assert weights[True].keys() == weights[False].keys()
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
+    assert any(float(v.abs().sum()) > 0 for k, v in weights[True].items() if "lora_b" in k.lower() or "B" in k)

@@ -11,7 +11,7 @@ from nemo_peft.models.fsdp import check_shardable
 from nemo_peft.peft import (BottleneckAdapterPEFTConfig, LoraPEFTConfig, PtuningPEFTConfig,
                             QLoraPEFTConfig)
 from nemo_peft.recipes.build import build_trainer
-from nemo_peft.recipes.finetune import batch_arithmetic
+from nemo_peft.recipes.run_config import batch_arithmetic
 from nemo_peft.recipes.strategies import (AdapterDDPStrategy, AdapterFSDPStrategy, accumulation, build_strategy,
                                           check_devices, data_parallel_size)
 from tests.helpers import make_model

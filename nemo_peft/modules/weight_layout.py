@@ -1,0 +1,50 @@
+"""Base linear weights kept column-major: the logical shape stays [out, in], the memory is [in, out].
+
+A batch-1 decode step is a chain of GEMVs that read every weight once, so its speed is the speed at
+which BLAS streams the weights. ``x @ W.T`` over a row-major [out, in] weight reads rows of ``in``
+floats (576 for SmolLM2) and reaches about 16 GB/s on 2 cores of the CPUs seen so far; over the same
+weight stored [in, out] it is one row-major GEMM whose rows are ``out`` floats long, and reaches 22 to
+26 GB/s (benchmarks/roofline.py measures both): decode is ~20% faster. Training GEMMs ([tokens, in] x
+[in, out] instead of x [out, in]^T) run at the same speed either way, and values are those of the same
+products (only BLAS's summation order may differ). ``F.linear`` accepts either layout, ``Tensor.to``
+keeps it, and every file format stores the logical [out, in] tensor (writers call ``.contiguous()``).
+FSDP2 shards contiguous parameters only, so a sharded model goes back to row-major first.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def column_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (2-D) with the same values and shape, stored column-major (no copy when it already is)."""
+    return t if t.dim() != 2 or t.stride() == (1, t.shape[0]) else t.t().contiguous().t()
+
+
+def is_column_major(t: torch.Tensor) -> bool:
+    return t.dim() == 2 and t.stride() == (1, t.shape[0])
+
+
+@torch.no_grad()
+def store_base_weights_column_major(model: nn.Module, output_weight: torch.Tensor | None = None) -> None:
+    """Store every base ``nn.Linear`` weight of ``model`` (and ``output_weight``, the LM head when it is
+    the tied word embedding) column-major, in place. Adapter modules keep their own layout."""
+    for name, module in model.named_modules():
+        if ".adapters." in f".{name}." or not isinstance(module, nn.Linear):
+            continue
+        _relayout(module.weight)
+    if output_weight is not None:
+        _relayout(output_weight)
+
+
+@torch.no_grad()
+def store_weights_row_major(model: nn.Module) -> None:
+    """Every parameter of ``model`` contiguous again (FSDP2's fully_shard accepts nothing else)."""
+    for p in model.parameters():
+        if not p.is_contiguous():
+            p.data = p.data.contiguous()
+
+
+def _relayout(p: nn.Parameter) -> None:
+    if p.dim() == 2 and not p.is_meta and not is_column_major(p):
+        p.data = column_major(p.data)
