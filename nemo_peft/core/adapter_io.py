@@ -21,7 +21,7 @@ import warnings
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from nemo_peft.core.json_file import read_json_if_exists
 
@@ -203,6 +203,15 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def save_file(tensors: dict[str, torch.Tensor], filename: str) -> str:
+    """Write ``tensors`` as a safetensors file; returns its sha256 (serialised once in memory, so it is
+    hashed without reading the file back)."""
+    blob = safetensors_bytes(tensors)
+    with open(filename, "wb") as f:
+        f.write(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     """Raise ValueError naming ``where`` and the first tensor holding NaN or inf."""
     for name, t in tensors.items():
@@ -227,8 +236,8 @@ def save(path: str, configs: dict, tensors: dict[str, torch.Tensor], extra: dict
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-{os.getpid()}-")
         mode = new_file_mode()
         weights, config = os.path.join(tmp, WEIGHTS_NAME), os.path.join(tmp, CONFIG_NAME)
-        save_file(tensors, weights)
-        meta = {"format": FORMAT, "version": 1, HASH_KEY: file_sha256(weights), "adapters": configs, **(extra or {})}
+        digest = save_file(tensors, weights)
+        meta = {"format": FORMAT, "version": 1, HASH_KEY: digest, "adapters": configs, **(extra or {})}
         with open(config, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, ensure_ascii=False)
         for name in (weights, config):

@@ -81,10 +81,6 @@ def run_finetune(cfg: DictConfig) -> dict:
             check_shardable(module.model)  # before any process starts
         for line in banner(cfg, module, batch_line, trainer_cfg):
             say(line)
-        if leader and ckpt is None and trainer.world_size == 1 and cfg.get("estimate", True):
-            # a few probe steps on a throwaway copy of the state: the run that follows is unchanged
-            for line in estimate_finetune(cfg, module).lines():
-                say(line)
         slower = precision_advice.for_run(trainer_cfg, cfg.data, module.model) if leader else None
         if slower:  # bf16 asked for on a CPU where it is slower than fp32
             log.warning(slower)
@@ -99,8 +95,17 @@ def run_finetune(cfg: DictConfig) -> dict:
             raise ValueError(f"No example of data.train_ds has a token to train on ({summary.line()}). Check the "
                              "format and label fields and max_seq_length: python examples/inspect_data.py shows "
                              "the trained tokens of each example.")
+        if leader and ckpt is None and trainer.world_size == 1 and cfg.get("estimate", True):
+            # a few probe steps on a throwaway copy of the state: the run that follows is unchanged
+            try:
+                lines = estimate_finetune(cfg, module).lines()
+            except Exception as e:  # advisory only: the run below meets the same problem and says so itself
+                lines = [f"pre-flight estimate skipped: the probe failed ({type(e).__name__}: {str(e)[:200]})"]
+            for line in lines:
+                say(line)
 
-        before = _exact_match(trainer, module, data) if cfg.get("eval_before", True) else None
+        # A resumed run's starting point was scored by the run it continues (its adapter is not loaded yet here)
+        before = _exact_match(trainer, module, data) if cfg.get("eval_before", True) and ckpt is None else None
         fit_started = time.perf_counter()
         trainer.fit(module, datamodule=data, ckpt_path=ckpt)
         train_s = time.perf_counter() - fit_started
