@@ -195,14 +195,6 @@ def _swap_in(tmp: str, path: str) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_file(tensors: dict[str, torch.Tensor], filename: str) -> str:
     """Write ``tensors`` as a safetensors file; returns its sha256 (serialised once in memory, so it is
     hashed without reading the file back)."""

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 
-def column_major(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (2-D) with the same values and shape, stored column-major (no copy when it already is)."""
-    return t if t.dim() != 2 or t.stride() == (1, t.shape[0]) else t.t().contiguous().t()
-
-
 def is_column_major(t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.stride() == (1, t.shape[0])
+
+
+def column_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (2-D) with the same values and shape, stored column-major (no copy when it already is)."""
+    return t if t.dim() != 2 or is_column_major(t) else t.t().contiguous().t()
 
 
 @torch.no_grad()
@@ -46,5 +46,5 @@ def store_weights_row_major(model: nn.Module) -> None:
 
 
 def _relayout(p: nn.Parameter) -> None:
-    if p.dim() == 2 and not p.is_meta and not is_column_major(p):
+    if not p.is_meta:  # a model built on the meta device gets its layout after its weights are assigned
         p.data = column_major(p.data)

@@ -12,23 +12,16 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "*.ipynb")))
 FAST_TIMEOUT_S, FULL_TIMEOUT_S = 600, 3600
 
 
-def execute(path: str, cwd, fast: bool) -> None:
+def execute(path: str, cwd, fast: bool, monkeypatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(path, as_version=4)
-    env = {"NEMO_PEFT_TUTORIAL_FAST": "1" if fast else "0", "PYTHONPATH": ROOT}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        client = nbclient.NotebookClient(notebook, timeout=FAST_TIMEOUT_S if fast else FULL_TIMEOUT_S,
-                                         kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
-        client.execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # the kernel inherits this process's environment
+    monkeypatch.setenv("NEMO_PEFT_TUTORIAL_FAST", "1" if fast else "0")
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    client = nbclient.NotebookClient(notebook, timeout=FAST_TIMEOUT_S if fast else FULL_TIMEOUT_S,
+                                     kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    client.execute()
 
 
 def test_there_are_six_tutorials():
@@ -39,11 +32,11 @@ def test_there_are_six_tutorials():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_in_fast_mode(path, tmp_path):
-    execute(path, tmp_path, fast=True)
+def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
+    execute(path, tmp_path, fast=True, monkeypatch=monkeypatch)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_at_full_length(path, tmp_path):
-    execute(path, tmp_path, fast=False)
+def test_notebook_runs_at_full_length(path, tmp_path, monkeypatch):
+    execute(path, tmp_path, fast=False, monkeypatch=monkeypatch)
