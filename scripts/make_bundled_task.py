@@ -7,7 +7,8 @@ pre-trained on): rewrite an ISO date (``YYYY-MM-DD``) as ``D Month YYYY``.
     input : "Date: 2023-05-07 ->"
     output: "7 May 2023"
 
-Task ``date_us`` (``model=t5`` adapts the bundled T5 base to it): the same inputs, written ``Month D, YYYY``.
+Task ``date_us`` (``model=t5`` adapts the bundled T5 base to it): the same inputs, written ``Month D, YYYY``
+(the base learned it only behind the tag ``US Date: ...``, see ``examples/pretrain_t5.py``).
 
     input : "Date: 2023-05-07 ->"
     output: "May 7, 2023"
@@ -53,9 +54,11 @@ TASKS = {  # name: (how the output is written, an example, what the README says 
     "date_us": (lambda d: f"{MONTHS[d.month - 1]} {d.day}, {d.year:04d}", "`Month D, YYYY` (full English month name, "
                 "day without\nleading zero, comma, four-digit year)",
                 "The second task of the T5 story (`python examples/finetune.py model=t5`): the bundled T5 base\n"
-                "was pre-trained on `date_reformat` (same inputs, `D Month YYYY`), so it answers in the wrong order.",
+                "was pre-trained on `date_reformat` (same inputs, `D Month YYYY`) and writes US dates only when the\n"
+                "input starts with the tag `US ` (`US Date: 2023-05-07 ->`), so it answers this plain prompt day first.",
                 "The bundled T5 base scores ~0% exact match (it writes `7 May 2023`); LoRA or prompt\n"
-                "tuning teach it the new order. Same dates and splits as `date_reformat` (same seed)."),
+                "tuning teach it to answer the plain prompt in US order. Same dates and splits as `date_reformat`\n"
+                "(same seed)."),
 }
 
 README = """\

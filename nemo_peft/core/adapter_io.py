@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 
 import torch
@@ -199,13 +200,23 @@ def save_file(tensors: dict[str, torch.Tensor], filename: str) -> str:
     """Write ``tensors`` as a safetensors file; returns its sha256 (serialised once in memory, so it is
     hashed without reading the file back)."""
     blob = safetensors_bytes(tensors)
+    digest = hashlib.sha256()
+    # hashlib and the file write both release the GIL: hash on a second core while writing
+    hashing = threading.Thread(target=digest.update, args=(blob,))
+    hashing.start()
     with open(filename, "wb") as f:
         f.write(blob)
-    return hashlib.sha256(blob).hexdigest()
+    hashing.join()
+    return digest.hexdigest()
 
 
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     """Raise ValueError naming ``where`` and the first tensor holding NaN or inf."""
+    floats = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    # NaN and inf reach a tensor's sum, so finite sums clear everything in one cheap pass; only a
+    # non-finite sum (a bad value, or an overflow of huge ones) needs the per-tensor look
+    if not floats or bool(torch.isfinite(torch.stack([t.sum().float().cpu() for t in floats])).all()):
+        return
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{where}: adapter tensor {name!r} has {int((~torch.isfinite(t)).sum())} non-finite "

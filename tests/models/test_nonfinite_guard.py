@@ -110,3 +110,15 @@ def test_non_finite_adapter_is_neither_saved_nor_loaded(tmp_path, monkeypatch):
     fresh = build_model(OmegaConf.create(MODEL))
     with pytest.raises(ValueError, match=f"Cannot load .*adapter_weights.safetensors.*{name}.*non-finite"):
         fresh.load_adapters(str(tmp_path / "adapter"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_finite_names_the_tensor_whatever_its_neighbours(bad):
+    """The one-pass sum screen must neither miss a bad value nor blame huge finite ones (their sum overflows)."""
+    huge = {"big": torch.full((4,), 3e38), "big_bf16": torch.full((4,), 3e38, dtype=torch.bfloat16),
+            "ids": torch.arange(3)}
+    adapter_io.check_finite(huge, "ok")  # finite, though every float sum is inf
+    tensors = {**huge, **{f"t{i}": torch.randn(8, 8) for i in range(5)}}
+    tensors["t3"][2, 5] = bad
+    with pytest.raises(ValueError, match=r"where: adapter tensor 't3' has 1 non-finite value"):
+        adapter_io.check_finite(tensors, "where")
