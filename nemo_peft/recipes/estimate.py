@@ -48,6 +48,7 @@ class Estimate:
     eval_what: str
     checkpoint_s: float
     startup_s: float | None
+    banner_s: float = 0.0  # this estimate's own time, spent again by the run's banner (root key estimate: true)
     probe: ProbeResult | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -61,7 +62,7 @@ class Estimate:
     def total_s(self) -> float | None:
         if self.train_s is None:
             return None
-        return self.train_s + self.eval_s + self.checkpoint_s + (self.startup_s or 0.0)
+        return self.train_s + self.eval_s + self.checkpoint_s + (self.startup_s or 0.0) + self.banner_s
 
     def lines(self) -> list[str]:
         p = self.probe
@@ -90,6 +91,8 @@ class Estimate:
                 parts.append(f"checkpoints {_secs(self.checkpoint_s)}")
             if self.startup_s is not None:
                 parts.append(f"loading {_secs(self.startup_s)}")
+            if self.banner_s:
+                parts.append(f"the banner's estimate {_secs(self.banner_s)} (estimate=false skips it)")
             out.append(f"  whole run             about {_secs(self.total_s)}: {', '.join(parts)}")
         out += [f"  note: {n}" for n in self.notes]
         return out
@@ -167,6 +170,7 @@ def estimate_finetune(cfg: DictConfig, module=None, *, reset_peak: bool = False,
         raise ValueError("model.peft.peft_scheme is empty, so there is no adapter to train and nothing to estimate; "
                          "set it to a method (e.g. model.peft.peft_scheme=lora).")
     loaded, load_peak = proc_mib("VmRSS"), proc_mib("VmHWM")
+    estimate_start = time.perf_counter()
     trainer_cfg, _ = batch_arithmetic(cfg)
     kwargs = to_dict(trainer_cfg)
     accumulate, processes = int(trainer_cfg.accumulate_grad_batches), data_parallel_size(kwargs)
@@ -213,13 +217,15 @@ def estimate_finetune(cfg: DictConfig, module=None, *, reset_peak: bool = False,
     trainable = module.model.num_trainable_parameters()
     total = sum(p.numel() for p in module.model.parameters())
     micro_tokens = sum(map(_tokens, sample)) / len(sample)
+    # a fresh run (one process) prints this estimate in its banner, so it spends this time again
+    banner_s = time.perf_counter() - estimate_start if cfg.get("estimate", True) and processes == 1 else 0.0
     return Estimate(trainable=trainable, total=total, adapter_bytes=adapter_bytes,
                     checkpoint_bytes=probe.checkpoint_bytes, checkpoint_writes=writes, device=probe.device,
                     precision=str(trainer_cfg.get("precision", "32-true")), loaded_mib=loaded, peak_mib=peak,
                     step_s=step_s, steps=steps, global_batch=int(rows) * accumulate * processes,
                     tokens_per_step=micro_tokens * accumulate, micro_batch=(int(rows), int(length)),
                     train_s=None if steps is None else steps * step_s, eval_s=eval_s, eval_what=eval_what,
-                    checkpoint_s=ckpt_s, startup_s=startup, probe=probe, notes=notes)
+                    checkpoint_s=ckpt_s, startup_s=startup, banner_s=banner_s, probe=probe, notes=notes)
 
 
 def _evaluation(cfg, trainer_cfg, data, probe: ProbeResult, split, steps, epoch_batches, accumulate):

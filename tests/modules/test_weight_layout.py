@@ -72,6 +72,26 @@ def test_layout_survives_save_load_dtype_and_merge(tmp_path):
     assert is_column_major(loaded.decoder.layers[0].self_attention.linear_qkv.weight)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_loading_holds_the_weights_once(dtype):
+    """instantiate relayouts (and casts) the state dict's tensors in place, so the model's parameters are the
+    state's tensors: no second copy of the weights is alive while a model loads."""
+    from nemo_peft.convert.hf_gpt import fill_rope
+    from nemo_peft.convert.instantiate import instantiate
+    from nemo_peft.models.gpt import GPTModel
+    model = make_model("llama")  # tied head
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}  # the files' row-major layout
+    loaded = instantiate(GPTModel, model.config, state, "test", dtype, after_load=fill_rope)
+    params = dict(loaded.named_parameters())
+    for name, tensor in state.items():
+        if name in params:
+            assert params[name].data_ptr() == tensor.data_ptr(), name
+    assert is_column_major(state["embedding.word_embeddings.weight"])
+    assert all(is_column_major(m.weight) for m in loaded.modules() if isinstance(m, nn.Linear))
+    torch.testing.assert_close(loaded(IDS).float(), model.to(dtype or torch.float32)(IDS).float(), rtol=0.05,
+                               atol=0.05)
+
+
 def test_column_major_helper():
     t = torch.arange(6.0).view(2, 3)
     c = column_major(t)
