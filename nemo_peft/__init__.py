@@ -22,6 +22,7 @@ _EXPORTS = {
     "T5Config": "nemo_peft.models.t5", "T5Model": "nemo_peft.models.t5",
     "SFTModule": "nemo_peft.models.sft", "GPTSFTModel": "nemo_peft.models.gpt_sft", "T5SFTModel": "nemo_peft.models.t5_sft",
     "OptimConfig": "nemo_peft.models.optim", "SamplingParams": "nemo_peft.models.generation",
+    "generate": "nemo_peft.models.generation", "generate_seq2seq": "nemo_peft.models.seq2seq_generation",
     # PEFT configs (every registered one; see _peft_names)
     "PEFTConfig": "nemo_peft.peft", "LoraPEFTConfig": "nemo_peft.peft", "DoraPEFTConfig": "nemo_peft.peft",
     "QLoraPEFTConfig": "nemo_peft.peft", "IA3PEFTConfig": "nemo_peft.peft", "PtuningPEFTConfig": "nemo_peft.peft",
@@ -44,6 +45,7 @@ _EXPORTS = {
     "run_finetune": "nemo_peft.recipes.finetune", "run_generate": "nemo_peft.recipes.generate",
     "run_inspect": "nemo_peft.recipes.inspect_data", "merge_to_checkpoint": "nemo_peft.recipes.merge",
     "estimate_finetune": "nemo_peft.recipes.estimate",
+    "quiet_third_party": "nemo_peft.recipes.run_log",  # for a plain lightning.Trainer: drops known noise
 }
 
 

@@ -29,11 +29,14 @@ def vocab_hash(vocab: dict[str, int]) -> str:
 
 
 def _sample(weight: torch.Tensor) -> list[float]:
-    flat = weight.detach().reshape(-1)
-    n = flat.numel()
+    w = weight.detach()
+    n = w.numel()
     idx = torch.tensor(sorted({(k * n) // SAMPLES + (k * 7919) % max(1, n // SAMPLES) for k in range(SAMPLES)}),
-                       device=flat.device)
-    return [float(v) for v in flat[idx.clamp(max=n - 1)].float().cpu()]
+                       device=w.device).clamp(max=n - 1)
+    # positions in the row-major flattening, read in place: reshape(-1) would copy a whole
+    # column-major weight (modules/weight_layout.py) to take 32 values
+    values = w[tuple(torch.unravel_index(idx, w.shape))] if w.dim() else w.reshape(1)[idx]
+    return [float(v) for v in values.float().cpu()]
 
 
 def _math_config(model) -> dict:

@@ -94,3 +94,17 @@ def test_resuming_a_checkpoint_on_another_base_is_an_error():
     module(False).on_load_checkpoint(checkpoint)  # same base: fine
     with pytest.raises(ValueError, match=r"checkpoint's adapter 'default' was trained on another base model"):
         module(True).on_load_checkpoint(checkpoint)
+
+
+def test_fingerprint_reads_the_logical_values_whatever_the_layout():
+    """Base weights are stored column-major; the sampled values are those of the row-major flattening,
+    so fingerprints saved before the layout change (or from a row-major twin) still match."""
+    model = make_model()
+    col = base_fingerprint(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.contiguous()  # row-major
+    row = base_fingerprint(model)
+    assert col == row and not differences(col, row)
+    flat = model.output_weight().reshape(-1)
+    assert col["weights"]["<embedding>"]["sample"][0] == float(flat[0])
