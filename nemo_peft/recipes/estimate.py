@@ -151,7 +151,7 @@ def _limit(value, n: int) -> int:
     return min(n, int(value)) if isinstance(value, int) or float(value) > 1 else int(n * float(value))
 
 
-def estimate_finetune(cfg: DictConfig, module=None, *, reset_peak: bool = False, warmup_steps: int = 1,
+def estimate_finetune(cfg: DictConfig, module=None, *, reset_peak: bool = False, warmup_steps: int = 2,
                       min_steps: int = 3, max_steps: int = 10, budget_s: float = 3.0) -> Estimate:
     """Estimate the fine-tuning run ``cfg`` describes (the finetune config), without touching its output
     directory. ``module``: the run's model, already built (``build_model(cfg.model)``; it is restored after
