@@ -6,13 +6,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nemo_peft.modules.weight_layout import column_major, store_base_weights_column_major
+from nemo_peft.modules.weight_layout import decode_layout, store_base_weights_in_decode_layout
 
 
 def instantiate(model_cls: type, cfg, state: dict[str, torch.Tensor], source: str,
                 dtype: torch.dtype | None = None, after_load: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """``model_cls(cfg)`` holding ``state`` (cast to ``dtype`` when given; ``state`` is consumed: its
-    base linear weights are replaced by their column-major copies).
+    base linear weights are replaced by their copies in the decode layout).
 
     The model is built on the meta device and the tensors are assigned, so nothing is
     initialised twice. ``after_load`` fills what a state dict does not hold (non-persistent
@@ -31,7 +31,7 @@ def instantiate(model_cls: type, cfg, state: dict[str, torch.Tensor], source: st
     if missing or unexpected or wrong:
         raise ValueError(f"{source}: the weights do not fit the model config read from it: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}.")
-    _column_major_in_place(model, state)
+    _decode_layout_in_place(model, state)
     model.load_state_dict(state, strict=False, assign=True)
     if after_load is not None:
         after_load(model)
@@ -43,12 +43,12 @@ def instantiate(model_cls: type, cfg, state: dict[str, torch.Tensor], source: st
         model.load_state_dict(state, strict=False)
         if after_load is not None:
             after_load(model)
-        store_base_weights_column_major(model, model.output_weight())
+        store_base_weights_in_decode_layout(model, model.output_weight())
     return model
 
 
-def _column_major_in_place(meta_model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Give the base weights their column-major layout (modules/weight_layout.py) in ``state`` itself, one
+def _decode_layout_in_place(meta_model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give the base weights their decode layout (modules/weight_layout.py) in ``state`` itself, one
     tensor at a time: each file-layout tensor is freed as its copy is made, so loading never holds the
     weights twice (relayouting the assigned model afterwards would, while ``state`` is alive)."""
     host = meta_model.output_weight()
@@ -56,4 +56,4 @@ def _column_major_in_place(meta_model: nn.Module, state: dict[str, torch.Tensor]
             if isinstance(m, nn.Linear) and ".adapters." not in f".{name}."}
     keys |= {name for name, p in meta_model.named_parameters() if p is host}
     for key in keys & state.keys():
-        state[key] = column_major(state[key])
+        state[key] = decode_layout(state[key])

@@ -14,7 +14,7 @@ from nemo_peft.modules.gpt_layer import TransformerStack
 from nemo_peft.modules.kv_cache import KVCache
 from nemo_peft.modules.rope import RotaryEmbedding
 from nemo_peft.modules.segment_mask import segment_attention_mask, segment_positions
-from nemo_peft.modules.weight_layout import store_base_weights_column_major
+from nemo_peft.modules.weight_layout import store_base_weights_in_decode_layout
 
 
 @dataclass
@@ -73,7 +73,13 @@ class GPTModel(nn.Module, AdapterMixin):
         if not cfg.share_embeddings_and_output_weights:
             self.output_layer = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
-        store_base_weights_column_major(self, self.output_weight())  # faster decode GEMVs
+        store_base_weights_in_decode_layout(self, self.output_weight())  # faster decode GEMVs
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # a cast or a move changes which layout decodes fastest (modules/weight_layout.py)
+        store_base_weights_in_decode_layout(self, self.output_weight())
+        return self
 
     def fsdp_units(self) -> list[nn.Module]:
         """The blocks FSDP2 shards one by one."""
