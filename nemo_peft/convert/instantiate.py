@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nemo_peft.modules.weight_layout import decode_layout, store_base_weights_in_decode_layout
+from nemo_peft.modules.weight_layout import base_weights, decode_layout
 
 
 def instantiate(model_cls: type, cfg, state: dict[str, torch.Tensor], source: str,
@@ -36,14 +36,14 @@ def instantiate(model_cls: type, cfg, state: dict[str, torch.Tensor], source: st
     if after_load is not None:
         after_load(model)
     if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        # a module gained state this loader does not fill: build it the slow way
+        # a module gained state this loader does not fill: build it the slow way (the model's init and
+        # .to(dtype) choose the weights' layout; load_state_dict copies into it)
         model = model_cls(cfg)
         if dtype is not None:
             model = model.to(dtype)
         model.load_state_dict(state, strict=False)
         if after_load is not None:
             after_load(model)
-        store_base_weights_in_decode_layout(model, model.output_weight())
     return model
 
 
@@ -51,9 +51,5 @@ def _decode_layout_in_place(meta_model: nn.Module, state: dict[str, torch.Tensor
     """Give the base weights their decode layout (modules/weight_layout.py) in ``state`` itself, one
     tensor at a time: each file-layout tensor is freed as its copy is made, so loading never holds the
     weights twice (relayouting the assigned model afterwards would, while ``state`` is alive)."""
-    host = meta_model.output_weight()
-    keys = {f"{name}.weight" for name, m in meta_model.named_modules()
-            if isinstance(m, nn.Linear) and ".adapters." not in f".{name}."}
-    keys |= {name for name, p in meta_model.named_parameters() if p is host}
-    for key in keys & state.keys():
+    for key in base_weights(meta_model, meta_model.output_weight()).keys() & state.keys():
         state[key] = decode_layout(state[key])

@@ -212,13 +212,13 @@ def save_file(tensors: dict[str, torch.Tensor], filename: str) -> str:
 
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     """Raise ValueError naming ``where`` and the first tensor holding NaN or inf."""
-    floats = [t for t in tensors.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    floats = {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
     # NaN and inf reach a tensor's sum, so finite sums clear everything in one cheap pass; only a
     # non-finite sum (a bad value, or an overflow of huge ones) needs the per-tensor look
-    if not floats or bool(torch.isfinite(torch.stack([t.sum().float().cpu() for t in floats])).all()):
+    if not floats or bool(torch.isfinite(torch.stack([t.sum().float().cpu() for t in floats.values()])).all()):
         return
-    for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    for name, t in floats.items():
+        if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{where}: adapter tensor {name!r} has {int((~torch.isfinite(t)).sum())} non-finite "
                              f"value(s) (NaN/inf) of {t.numel()}; the training that made it diverged (lower the lr).")
 

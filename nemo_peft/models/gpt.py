@@ -14,7 +14,7 @@ from nemo_peft.modules.gpt_layer import TransformerStack
 from nemo_peft.modules.kv_cache import KVCache
 from nemo_peft.modules.rope import RotaryEmbedding
 from nemo_peft.modules.segment_mask import segment_attention_mask, segment_positions
-from nemo_peft.modules.weight_layout import store_base_weights_in_decode_layout
+from nemo_peft.modules.weight_layout import DecodeLayout, store_base_weights_in_decode_layout
 
 
 @dataclass
@@ -58,7 +58,7 @@ class GPTConfig(ModelConfig):
         return self.kv_channels or self.hidden_size // self.num_attention_heads
 
 
-class GPTModel(nn.Module, AdapterMixin):
+class GPTModel(DecodeLayout, nn.Module, AdapterMixin):
     # FSDP2 (models/fsdp.py): methods called besides forward that read the root's weights
     fsdp_forward_methods = ("logits", "lm_loss")
 
@@ -74,12 +74,6 @@ class GPTModel(nn.Module, AdapterMixin):
             self.output_layer = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
         store_base_weights_in_decode_layout(self, self.output_weight())  # faster decode GEMVs
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        # a cast or a move changes which layout decodes fastest (modules/weight_layout.py)
-        store_base_weights_in_decode_layout(self, self.output_weight())
-        return self
 
     def fsdp_units(self) -> list[nn.Module]:
         """The blocks FSDP2 shards one by one."""

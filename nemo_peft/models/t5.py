@@ -18,7 +18,7 @@ from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
 from nemo_peft.modules.kv_cache import T5KVCache
 from nemo_peft.modules.t5_layer import T5Stack
-from nemo_peft.modules.weight_layout import store_base_weights_in_decode_layout
+from nemo_peft.modules.weight_layout import DecodeLayout, store_base_weights_in_decode_layout
 
 # transformers' activation names (the part of feed_forward_proj after "gated-") -> ours
 T5_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -80,7 +80,7 @@ class T5Config(ModelConfig):
         return parse_feed_forward_proj(self.feed_forward_proj)[1]
 
 
-class T5Model(nn.Module, AdapterMixin):
+class T5Model(DecodeLayout, nn.Module, AdapterMixin):
     # FSDP2 (models/fsdp.py): methods called besides forward that read the root's weights
     fsdp_forward_methods = ("logits", "lm_loss", "encode")
     """``embedding`` (shared by encoder and decoder; its prompt slots prepend virtual tokens to
@@ -97,12 +97,6 @@ class T5Model(nn.Module, AdapterMixin):
             self.output_layer = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._init_weights()
         store_base_weights_in_decode_layout(self, self.output_weight())  # faster decode GEMVs
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        # a cast or a move changes which layout decodes fastest (modules/weight_layout.py)
-        store_base_weights_in_decode_layout(self, self.output_weight())
-        return self
 
     # --- forward ---
     def fsdp_units(self) -> list[nn.Module]:

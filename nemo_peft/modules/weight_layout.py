@@ -37,16 +37,30 @@ def column_major(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() != 2 or is_column_major(t) else t.t().contiguous().t()
 
 
+def base_weights(model: nn.Module, output_weight: torch.Tensor | None = None) -> dict[str, nn.Parameter]:
+    """Every base ``nn.Linear`` weight of ``model`` by its state-dict name, and ``output_weight`` (the LM
+    head, when it is the tied word embedding) by its own. Adapter modules are not base weights."""
+    out = {f"{name}.weight": m.weight for name, m in model.named_modules()
+           if isinstance(m, nn.Linear) and ".adapters." not in f".{name}."}
+    out.update({name: p for name, p in model.named_parameters() if p is output_weight})
+    return out
+
+
 @torch.no_grad()
 def store_base_weights_in_decode_layout(model: nn.Module, output_weight: torch.Tensor | None = None) -> None:
-    """Store every base ``nn.Linear`` weight of ``model`` (and ``output_weight``, the LM head when it is
-    the tied word embedding) in ``decode_layout``, in place. Adapter modules keep their own layout."""
-    for name, module in model.named_modules():
-        if ".adapters." in f".{name}." or not isinstance(module, nn.Linear):
-            continue
-        _relayout(module.weight)
-    if output_weight is not None:
-        _relayout(output_weight)
+    """Store every ``base_weights`` tensor of ``model`` in ``decode_layout``, in place."""
+    for p in base_weights(model, output_weight).values():
+        _relayout(p)
+
+
+class DecodeLayout:
+    """Mixed into a model (before ``nn.Module``) that has ``output_weight()``: after every cast or move its
+    base weights are re-stored in the layout the new dtype and device decode fastest from."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        store_base_weights_in_decode_layout(self, self.output_weight())
+        return self
 
 
 @torch.no_grad()
