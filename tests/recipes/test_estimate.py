@@ -20,7 +20,7 @@ def run_cli(*args, cwd):
                           text=True, timeout=600)
 
 
-@pytest.mark.parametrize("how", [["finetune", "+estimate_only=true"], ["estimate"]])
+@pytest.mark.parametrize("how", [["finetune", "+estimate_only=true"], ["estimate"], ["estimate", "estimate=false"]])
 def test_estimate_only_prints_the_estimate_and_writes_nothing(tmp_path, how):
     out = tmp_path / "run"
     res = run_cli(how[0], *TINY, "trainer.max_steps=7", f"exp_manager.output_dir={out}", *how[1:], cwd=tmp_path)
@@ -30,6 +30,8 @@ def test_estimate_only_prints_the_estimate_and_writes_nothing(tmp_path, how):
                 "peak memory           CPU RSS", "time per step", "whole run             about", "7 steps x",
                 f"nothing was trained and {out} was not touched"):
         assert key in lines, key
+    # the run's banner repeats this estimate, so its whole-run time counts it, unless estimate=false
+    assert ("the banner's estimate" in lines) == ("estimate=false" not in how), lines
     assert "held-out exact match" not in lines  # no training, no evaluation of a trained adapter
     assert not out.exists()
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
