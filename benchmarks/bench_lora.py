@@ -75,6 +75,18 @@ def measure_memory(side, args, recompute=False):
     raise RuntimeError(f"memory child {side} failed:\n{out.stderr[-3000:]}")
 
 
+def memory_runs(args, recompute):
+    """Each side's peak-RSS figures over ``args.mem_reps`` fresh subprocesses, sides alternating: a run's
+    peak depends on how glibc happened to reuse freed blocks (the same step measured 620 to 940 MiB of
+    increase on one machine), so one run is not a measurement."""
+    runs = {"ours": {}, "hf": {}}
+    for _ in range(args.mem_reps):
+        for side in runs:
+            for k, v in measure_memory(side, args, recompute).items():
+                runs[side].setdefault(k, []).append(v)
+    return runs
+
+
 # ---------------------------------------------------------------- main benchmark
 def run(args):
     torch.set_num_threads(args.threads)
@@ -84,14 +96,16 @@ def run(args):
     prec = "bf16 autocast" if args.bf16 else "fp32"
     tokens = args.batch * args.seq
 
-    print("[1/8] peak memory of the training step (fresh subprocess per side)", flush=True)
-    mem = {side: measure_memory(side, args) for side in ("ours", "hf")}
-    row(f"train peak RSS increase, MiB ({prec})", mem["ours"]["increase_mib"], mem["hf"]["increase_mib"],
-        ".0f", False)
-    row("train peak RSS total, MiB", mem["ours"]["peak_mib"], mem["hf"]["peak_mib"], ".0f", False)
-    mem = {side: measure_memory(side, args, recompute=True) for side in ("ours", "hf")}
-    row(f"train peak RSS increase, MiB ({prec}, activation checkpointing on both sides)",
-        mem["ours"]["increase_mib"], mem["hf"]["increase_mib"], ".0f", False)
+    print(f"[1/8] peak memory of the training step (a fresh subprocess per side and run, {args.mem_reps} runs)",
+          flush=True)
+    for recompute in (False, True):
+        mem = memory_runs(args, recompute)
+        ac = ", activation checkpointing on both sides" if recompute else ""
+        label = f"train peak RSS increase, MiB ({prec}{ac})"
+        row(label, med(mem["ours"]["increase_mib"]), med(mem["hf"]["increase_mib"]), ".0f", False,
+            spread(mem["ours"]["increase_mib"]), spread(mem["hf"]["increase_mib"]))
+        if not recompute:
+            row("train peak RSS total, MiB", med(mem["ours"]["peak_mib"]), med(mem["hf"]["peak_mib"]), ".0f", False)
 
     print("[2/8] loading both models", flush=True)
     ours, hf = load_ours(), load_hf()
@@ -280,7 +294,8 @@ def write_results(args, rows, notes, lim, elapsed):
                 f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.warmup} warmup + {args.steps} timed steps; "
                 f"decode batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, {args.decode_reps} timed runs; "
                 f"batched generation {args.gen_batch} prompts, {args.gen_new} new tokens, {args.gen_reps} timed runs "
-                f"after one untimed run; save/load {args.io_reps}, merge {args.merge_reps} timed runs"
+                f"after one untimed run; save/load {args.io_reps}, merge {args.merge_reps} timed runs; peak RSS: median "
+                f"of {args.mem_reps} fresh subprocesses per side, [min–max]"
                 f"{' (--quick)' if args.quick else ''}")
     yardstick = (f"Roofline yardstick: the useful matmul FLOPs of the configuration (the same number for both "
                  f"sides; work a side adds, e.g. HF's LM head on the unlabelled last positions, is not counted) "
@@ -320,6 +335,7 @@ def parse_args(argv=None):
     args.prompt, args.new_tokens = 32, 32 if q else 128
     args.decode_reps, args.io_reps, args.merge_reps, args.gen_reps = (1, 2, 2, 1) if q else (3, 5, 5, 3)
     args.gen_batch, args.gen_new = 25, 16
+    args.mem_reps = 1 if q else 3
     return args
 
 

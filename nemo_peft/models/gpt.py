@@ -12,6 +12,7 @@ from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
 from nemo_peft.modules.gpt_layer import TransformerStack
 from nemo_peft.modules.kv_cache import KVCache
+from nemo_peft.modules.linear import Linear, linear
 from nemo_peft.modules.rope import RotaryEmbedding
 from nemo_peft.modules.segment_mask import segment_attention_mask, segment_positions
 from nemo_peft.modules.weight_layout import DecodeLayout, store_base_weights_in_decode_layout
@@ -71,7 +72,7 @@ class GPTModel(DecodeLayout, nn.Module, AdapterMixin):
         self.decoder = TransformerStack(cfg)
         self.output_layer = None
         if not cfg.share_embeddings_and_output_weights:
-            self.output_layer = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.output_layer = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
         store_base_weights_in_decode_layout(self, self.output_weight())  # faster decode GEMVs
 
@@ -128,7 +129,7 @@ class GPTModel(DecodeLayout, nn.Module, AdapterMixin):
         return self.embedding.word_embeddings.weight if self.output_layer is None else self.output_layer.weight
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(hidden, self.output_weight())
+        return linear(hidden, self.output_weight())
 
     def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``logits(hidden)`` against ``labels`` (-100 = ignore), computed in

@@ -17,6 +17,7 @@ from nemo_peft.models.config import ModelConfig
 from nemo_peft.modules.chunked_loss import linear_cross_entropy
 from nemo_peft.modules.embedding import Embedding
 from nemo_peft.modules.kv_cache import T5KVCache
+from nemo_peft.modules.linear import Linear, linear
 from nemo_peft.modules.t5_layer import T5Stack
 from nemo_peft.modules.weight_layout import DecodeLayout, store_base_weights_in_decode_layout
 
@@ -94,7 +95,7 @@ class T5Model(DecodeLayout, nn.Module, AdapterMixin):
         self.decoder = T5Stack(cfg, cfg.num_decoder_layers, is_decoder=True)
         self.output_layer = None
         if not cfg.tie_word_embeddings:
-            self.output_layer = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            self.output_layer = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._init_weights()
         store_base_weights_in_decode_layout(self, self.output_weight())  # faster decode GEMVs
 
@@ -154,7 +155,7 @@ class T5Model(DecodeLayout, nn.Module, AdapterMixin):
         return hidden * self.config.d_model ** -0.5 if self.config.scale_decoder_outputs else hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._head_input(hidden), self.output_weight())
+        return linear(self._head_input(hidden), self.output_weight())
 
     def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``logits(hidden)`` against ``labels`` (-100 = ignore), in chunks."""

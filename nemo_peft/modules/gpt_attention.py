@@ -7,6 +7,7 @@ from torch import nn
 
 from nemo_peft.core.slots import add_adapter_slots
 from nemo_peft.modules.attention_parts import FUSED_QKV_SLOTS, fused_qkv, prepend_prefix, project_out
+from nemo_peft.modules.linear import Linear
 from nemo_peft.modules.rope import apply_rotary
 
 
@@ -28,8 +29,8 @@ class SelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.layer_index = layer_index
         q, kv = num_heads * head_dim, num_kv_heads * head_dim
-        self.linear_qkv = nn.Linear(hidden_size, q + 2 * kv, bias=qkv_bias)
-        self.linear_proj = nn.Linear(q, hidden_size, bias=proj_bias)
+        self.linear_qkv = Linear(hidden_size, q + 2 * kv, bias=qkv_bias)
+        self.linear_proj = Linear(q, hidden_size, bias=proj_bias)
         self.output_parts = {"linear_qkv": {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}}
         add_adapter_slots(self)
 

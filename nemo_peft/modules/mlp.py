@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
+from nemo_peft.modules.linear import Linear
 from nemo_peft.modules.memory_lean_ops import swiglu
 from nemo_peft.modules.recompute import rebuilt_in_backward
 
@@ -33,8 +34,8 @@ class MLP(nn.Module):
         self.act, self.activation = ACTIVATIONS[activation], activation
         self.gated = gated
         width = 2 * ffn_hidden_size if gated else ffn_hidden_size
-        self.linear_fc1 = nn.Linear(hidden_size, width, bias=bias)
-        self.linear_fc2 = nn.Linear(ffn_hidden_size, hidden_size, bias=bias)
+        self.linear_fc1 = Linear(hidden_size, width, bias=bias)
+        self.linear_fc2 = Linear(ffn_hidden_size, hidden_size, bias=bias)
         if gated:  # [gate | up], as in Megatron's fused SwiGLU
             self.output_parts = {"linear_fc1": {"gate": (0, ffn_hidden_size), "up": (ffn_hidden_size, ffn_hidden_size)}}
         add_adapter_slots(self)

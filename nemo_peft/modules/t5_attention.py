@@ -17,6 +17,7 @@ from torch import nn
 from nemo_peft.core.slots import SlotSpec, add_adapter_slots
 from nemo_peft.modules.attention_parts import (FUSED_QKV_SLOTS, adapted_linear, fused_qkv, prepend_prefix,
                                                project_out, scale_kv, split_heads)
+from nemo_peft.modules.linear import Linear
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int,
@@ -73,8 +74,8 @@ class T5SelfAttention(nn.Module):
         self.num_heads = self.num_kv_heads = num_heads
         self.head_dim, self.layer_index = head_dim, layer_index
         inner = num_heads * head_dim
-        self.linear_qkv = nn.Linear(hidden_size, 3 * inner, bias=False)
-        self.linear_proj = nn.Linear(inner, hidden_size, bias=False)
+        self.linear_qkv = Linear(hidden_size, 3 * inner, bias=False)
+        self.linear_proj = Linear(inner, hidden_size, bias=False)
         self.output_parts = {"linear_qkv": {"q": (0, inner), "k": (inner, inner), "v": (2 * inner, inner)}}
         add_adapter_slots(self)
 
@@ -114,9 +115,9 @@ class T5CrossAttention(nn.Module):
         self.num_heads = self.num_kv_heads = num_heads
         self.head_dim, self.layer_index = head_dim, layer_index
         inner = num_heads * head_dim
-        self.linear_q = nn.Linear(hidden_size, inner, bias=False)
-        self.linear_kv = nn.Linear(hidden_size, 2 * inner, bias=False)
-        self.linear_proj = nn.Linear(inner, hidden_size, bias=False)
+        self.linear_q = Linear(hidden_size, inner, bias=False)
+        self.linear_kv = Linear(hidden_size, 2 * inner, bias=False)
+        self.linear_proj = Linear(inner, hidden_size, bias=False)
         self.output_parts = {"linear_kv": {"k": (0, inner), "v": (inner, inner)}}
         add_adapter_slots(self)
 
