@@ -1,12 +1,12 @@
-"""The base model's linear layer: ``nn.Linear``, except that inference on a few rows runs through oneDNN.
+"""The base model's linear layer: ``nn.Linear``, except that batched decoding steps run through oneDNN.
 
 Batched greedy decoding (exact-match evaluation: 25 prompts, one new token per row per step) multiplies
 a handful of rows by every weight. MKL, PyTorch's CPU BLAS, is slow at that shape on the AMD EPYC
 machines seen here: [25, 576] x [576, 3072] ran at ~60 GFLOP/s against ~150 at 1024 rows, and the
 25-row LM head at 30-40. oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, what inductor's CPU
-backend calls) ran the same products 1.1 to 2x faster, and 25-prompt generation ~10% faster end to end
-(benchmarks/README.md). One row (batch-1 decoding: a GEMV) and many rows (prefill, training) stay on
-MKL, which was as fast or faster there. Values are the same products summed in another order.
+backend calls) ran the same products 1.1 to 2x faster, and 25-prompt generation 1.19x faster end to end
+(paired runs, benchmarks/README.md). One row (batch-1 decoding: a GEMV) and whole sequences (prefill, training,
+scoring) stay on MKL, which was as fast or faster there. Values are the same products summed in another order.
 Only for fp32 plain tensors on an x86 CPU without autograd, outside ``torch.compile``.
 """
 from __future__ import annotations
@@ -22,15 +22,20 @@ ONEDNN_LINEAR = (platform.machine().lower() in ("x86_64", "amd64") and torch.bac
                  and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def few_rows_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def decode_step_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """``x`` is one position of each of 2 to ONEDNN_MAX_ROWS rows ([B, 1, in] or [B, in]), fp32 on CPU.
+    Whole sequences ([B, T, in], T > 1: prefill, scoring, evaluation loss) stay on MKL, so their
+    logits are bitwise those of any other MKL-based implementation."""
     rows = x.numel() // max(x.shape[-1], 1)
-    return (1 < rows <= ONEDNN_MAX_ROWS and x.dtype == weight.dtype == torch.float32
-            and x.device.type == "cpu" and type(weight) in (torch.Tensor, nn.Parameter))
+    return (1 < rows <= ONEDNN_MAX_ROWS and (x.dim() == 2 or x.shape[-2] == 1)
+            and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
+            and type(weight) in (torch.Tensor, nn.Parameter))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; a few rows without autograd on an x86 CPU go through oneDNN."""
-    if (ONEDNN_LINEAR and not torch.is_grad_enabled() and few_rows_on_cpu(x, weight)
+    """``F.linear(x, weight, bias)``; a batched decoding step without autograd on an x86 CPU goes through
+    oneDNN."""
+    if (ONEDNN_LINEAR and not torch.is_grad_enabled() and decode_step_on_cpu(x, weight)
             and not torch.compiler.is_compiling()):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)

@@ -27,10 +27,12 @@ def test_values_match_f_linear_on_every_path(rows, layout):
 
 
 @pytest.mark.skipif(not ONEDNN_LINEAR, reason="oneDNN's linear is used on x86 CPUs only")
-def test_few_rows_without_autograd_take_onednn_and_the_rest_the_blas():
+def test_decode_steps_without_autograd_take_onednn_and_the_rest_the_blas():
     w, x = torch.randn(16, 8), torch.randn(5, 8)
     with torch.no_grad():
         assert "mkldnn::_linear_pointwise" in ops_run(lambda: linear(x, w))
+        assert "mkldnn::_linear_pointwise" in ops_run(lambda: linear(x[:, None], w))  # [B, 1, in]
+        assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x[None], w))  # a sequence: MKL
         assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x[:1], w))  # a GEMV: MKL
         assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(torch.randn(ONEDNN_MAX_ROWS + 1, 8), w))
         assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x.double(), w.double()))
