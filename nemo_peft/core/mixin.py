@@ -172,11 +172,15 @@ class AdapterMixin:
         self._merge(names, sign=1.0)
 
     def unmerge_adapters(self, names=None) -> None:
-        names = self.merged_adapters if names is None else ([names] if isinstance(names, str) else list(names))
-        self._merge(names, sign=-1.0)
+        """Take merged adapters (default: all of them) out of the base weights again."""
+        self._merge(None if names is None else [names] if isinstance(names, str) else list(names), sign=-1.0)
 
     def _merge(self, names, sign: float) -> None:
-        slots = self.adapter_slots_by_path()
+        # one walk of the module tree finds every slot and its block (repeated walks cost as much as the matmuls)
+        blocks = {f"{c.path}.{c.spec.name}".lstrip("."): c.block for c in self.slot_contexts()}
+        slots = {p: getattr(b, p.rpartition(".")[2]) for p, b in blocks.items()}
+        if names is None:
+            names = [n for n in self.adapter_names if any(n in s.merged for s in slots.values())]
         for n in names:  # check everything first: fail before touching any weight
             if n not in self.adapter_names:
                 raise ValueError(f"Unknown adapter {n!r}; this model has {self.adapter_names}.")
@@ -187,19 +191,19 @@ class AdapterMixin:
                         "its method has no merge (it is not a weight update)"
                     raise ValueError(f"Adapter {n!r} at {path} ({type(adapter).__name__}) cannot be merged into the "
                                      f"base weights: {why}")
-        steps = self._merge_steps(slots, names) if sign > 0 else self._unmerge_steps(slots, names)
-        log = getattr(self, "_merge_log", [])
+        steps = self._merge_steps(slots, blocks, names) if sign > 0 else self._unmerge_steps(slots, names)
         for path, n in steps:
             slot = slots[path]
-            slot.adapters[n].merge(getattr(self.get_submodule(path.rpartition(".")[0]), slot.spec.host), sign)
+            slot.adapters[n].merge(getattr(blocks[path], slot.spec.host), sign)
             if sign > 0:
                 slot.merged.add(n)
-                log.append((path, n))
             else:
                 slot.merged.discard(n)
-                log.remove((path, n))
-        self._merge_log = log
-        self.set_active_adapters(self.active_adapters)
+        taken_out = set() if sign > 0 else set(steps)
+        self._merge_log = [e for e in getattr(self, "_merge_log", []) if e not in taken_out] + \
+            (steps if sign > 0 else [])
+        for slot in slots.values():  # merged adapters leave the forward path, unmerged ones come back
+            slot.set_active(self.active_adapters)
 
     @staticmethod
     def _host_of(path: str, slot: AdapterSlot) -> str:
@@ -207,7 +211,7 @@ class AdapterMixin:
         block = path.rpartition(".")[0]
         return f"{block}.{slot.spec.host or slot.spec.name}" if block else slot.spec.host or slot.spec.name
 
-    def _merge_steps(self, slots, names) -> list[tuple[str, str]]:
+    def _merge_steps(self, slots, blocks, names) -> list[tuple[str, str]]:
         """(slot path, name) to merge, per host in the order forward applies them: slots in declaration
         order, within a slot the active list's order. Merging ``n`` while an adapter that runs before it on
         the same host stays unmerged would change the output (an IA3 scale would miss that adapter's update),
@@ -215,7 +219,7 @@ class AdapterMixin:
         order = self.active_adapters + [n for n in self.adapter_names if n not in self.active_adapters]
         seqs = defaultdict(list)  # host -> [(slot index, name index), path, name]
         for path, slot in slots.items():
-            specs = type(self.get_submodule(path.rpartition(".")[0])).adapter_slots
+            specs = type(blocks[path]).adapter_slots
             index = [sp.name for sp in specs].index(slot.spec.name)
             for n in slot.adapters:
                 seqs[self._host_of(path, slot)].append(((index, order.index(n)), path, n))
