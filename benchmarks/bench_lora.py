@@ -214,14 +214,11 @@ def against_limits(lim, measured, row):
     floor = lim.merge_floor_s()
     row(f"merge, x its floor ({1e3 * floor:.1f} ms: B·A at matmul peak + the weights read and written at copy "
         "bandwidth)", a / floor, b / floor, ".2f", False)
-    notes = []
-    if roof > min(measured["train"]):
-        notes.append("WARNING: a side beat the roofline (over 100%): the matmul peaks were measured low, most likely "
-                     "under background load (see Machine limits); rerun on a quiet machine")
-    if floor > min(measured["merge"]):  # the floor adds FLOP time and traffic time; a merge may overlap them
-        notes.append("merge came in under 1x its floor: it overlapped its B·A FLOPs with the weight traffic, "
-                     "which the floor (their sum) does not assume")
-    return notes
+    beat_roof = ["WARNING: a side beat the roofline (over 100%): the matmul peaks were measured low, most likely "
+                 "under background load (see Machine limits); rerun on a quiet machine"]
+    # the floor adds FLOP time and traffic time; a merge may overlap them
+    under_floor = ["merge came in under 1x its floor: it overlapped its B·A FLOPs with the weight traffic"]
+    return beat_roof * (roof > min(measured["train"])) + under_floor * (floor > min(measured["merge"]))
 
 
 def batched_generation(args, ours, hf, row, notes):
