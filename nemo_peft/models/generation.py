@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from nemo_peft.models.config import check_keys
+from nemo_peft.models.prefill import prefill
 from nemo_peft.models.stopping import RowStops, stop_ids_of
 
 
@@ -155,20 +156,20 @@ def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None
     mask = context_mask.long()
     padded = not bool(mask.all())
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = model(context_ids, attention_mask=mask if padded else None, position_ids=positions,
-                   kv_cache=cache, return_hidden=True)
-    logits = model.logits(hidden[:, -1])  # only the last position needs the LM head
+    # Rows fixed for the whole batch: under a sharded model every process runs the same forwards and
+    # steps; per-sample routing holds one adapter per row (route()). Otherwise the prompts are prefilled
+    # in groups of similar length and a finished row leaves the model's batch.
+    free_rows = all_done is None and not _routed(model)
+    last = prefill(model, context_ids, mask, positions, cache, grouped=free_rows)
+    logits = model.logits(last)  # only the last position needs the LM head
     next_pos = positions[:, -1:] + 1
     state = Decoding(params, b, context_ids.device, eos_id, decode, context_ids, mask)
-    # Rows still decoded (indices into the batch). A finished row leaves the model's batch, except under
-    # a sharded model (every process runs the same steps) or per-sample routing (rows fixed by route()).
-    rows = torch.arange(b, device=context_ids.device)
-    shrink = all_done is None and not _routed(model)
+    rows = torch.arange(b, device=context_ids.device)  # rows still decoded (indices into the batch)
     while True:
         tok = state.step(logits)
         if state.over(all_done):
             break
-        if shrink and bool(state.stops.done[rows].any()):
+        if free_rows and bool(state.stops.done[rows].any()):
             keep = (~state.stops.done[rows]).nonzero().squeeze(1)
             cache.keep_rows(keep)
             rows, mask, next_pos = rows[keep], mask[keep], next_pos[keep]

@@ -33,6 +33,19 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def put_rows(self, rows: torch.Tensor, group: "KVCache", n: int, t: int) -> None:
+        """Copy the cache of a group of prompts, left-padded to ``n`` tokens, into batch ``rows`` of this
+        fresh cache of prompts left-padded to ``t`` (see models/prefill.py): positions in front of the
+        prompts (active virtual tokens) stay in front, the ``n`` prompt positions end at the batch's
+        last prompt position; the batch's padding before them is never attended (masked)."""
+        front = group.length - n
+        self.k[:, rows, :, :front] = group.k[:, :, :, :front]
+        self.v[:, rows, :, :front] = group.v[:, :, :, :front]
+        end = front + t
+        self.k[:, rows, :, end - n:end] = group.k[:, :, :, front:front + n]
+        self.v[:, rows, :, end - n:end] = group.v[:, :, :, front:front + n]
+        self.length = end
+
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only the batch rows ``rows`` (ascending), in that order: finished rows of a generation stop
         costing compute. Rows move down in place (row ``rows[j] >= j`` to ``j``, so no source is overwritten
