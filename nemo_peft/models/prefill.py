@@ -50,7 +50,7 @@ def prefill(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tenso
         return hidden[:, -1]
     last = None
     for rows in groups:
-        n = max(lengths[r] for r in rows)
+        n = max(1, max(lengths[r] for r in rows))  # an all-padding row still runs one (masked) position
         idx = torch.tensor(rows, device=ids.device)
         sub_mask = mask[idx, t - n:]
         small = model.new_kv_cache(len(rows), n)

@@ -88,3 +88,14 @@ def test_generation_with_grouped_prefill_equals_each_row_alone(family, monkeypat
     assert sizes[:3] == [(2, 3), (1, 5), (1, 7)]  # three prefill groups, each padded to its longest row
     t = ids.shape[1]
     assert rows == [generate(model, ids[r:r + 1, t - n:], params=params)[0] for r, n in enumerate(lengths)]
+
+
+def test_an_all_padding_row_decodes_as_in_the_ungrouped_batch(monkeypatch):
+    model = peaky_model("llama")
+    ids, mask, _ = left_padded([4, 2, 6], seed=7)
+    ids[0], mask[0] = 0, 0  # an empty prompt: it sees only itself, as in the batch prefilled at once
+    params = SamplingParams(max_new_tokens=5)
+    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 10 ** 6)
+    once = generate(model, ids, mask, params)
+    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 0)
+    assert generate(model, ids, mask, params) == once
