@@ -3,8 +3,7 @@
 Per layer of a 4 x 256 batch these save what the default graph would keep twice: RoPE keeps only
 cos/sin (its backward is the inverse rotation), and SwiGLU keeps only its input [gate | up]
 (silu(gate) is recomputed in backward). RMSNorm of a bf16/fp16 input normalizes in fp32 like the
-reference models, but keeps the input in its own dtype for backward, not an fp32 copy (half the bytes);
-fp32 RMSNorm is the reference formula written out (faster on CPU than ``F.rms_norm``), saving x and 1/rms.
+reference models, but keeps the input in its own dtype for backward, not an fp32 copy (half the bytes).
 Forward values are computed exactly as the plain ops do. Under ``torch.compile`` the plain ops run
 instead: the compiler fuses them and its partitioner already recomputes cheap ops in backward.
 """
@@ -101,35 +100,9 @@ class _RMSNormLowPrecision(torch.autograd.Function):
         return dx.to(x.dtype), None
 
 
-def _inv_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.mul(x, x).mean(-1, keepdim=True).add_(eps).rsqrt_()
-
-
-class _RMSNorm(torch.autograd.Function):
-    """x * rsqrt(mean(x^2) + eps) for fp32 x, the reference models' own formula (same ops, same order),
-    saving x and the [.., 1] 1/rms. On CPU, ``F.rms_norm`` ran 8x slower forward at [4, 256, 576]
-    (about 1.1 ms against 0.14) and 1.6x slower forward + backward."""
-
-    @staticmethod
-    def forward(ctx, x, eps: float):
-        inv_rms = _inv_rms(x, eps)
-        ctx.save_for_backward(x, inv_rms)
-        return x * inv_rms
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, inv_rms = ctx.saved_tensors
-        # d/dx of x * r with r = mean(x^2)^-1/2: r * g - x * r^3 * mean(g * x)
-        c = (grad * x).mean(-1, keepdim=True).mul_(inv_rms.pow(3))
-        return (grad * inv_rms).sub_(x * c), None
-
-
 def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS-normalize the last dimension in fp32 and return x's dtype (no weight)."""
-    if torch.compiler.is_compiling() or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-    needs_grad = torch.is_grad_enabled() and x.requires_grad
-    if x.dtype != torch.float32:
-        return _RMSNormLowPrecision.apply(x, eps) if needs_grad else \
-            F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-    return _RMSNorm.apply(x, eps) if needs_grad else x * _inv_rms(x, eps)
+    if x.dtype != torch.float32 and torch.is_grad_enabled() and x.requires_grad \
+            and not torch.compiler.is_compiling():
+        return _RMSNormLowPrecision.apply(x, eps)
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
