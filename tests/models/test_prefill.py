@@ -12,7 +12,7 @@ from nemo_peft.models.generation import SamplingParams, generate
 from nemo_peft.models.prefill import length_groups, prefill
 from nemo_peft.peft.prefix import PrefixTuningPEFTConfig
 from nemo_peft.peft.prompt_tuning import PromptTuningPEFTConfig
-from tests.helpers import peaky_model, randomize_adapters
+from tests.helpers import make_model, peaky_model, randomize_adapters
 
 
 def padded_cost(lengths, groups, group_cost):
@@ -95,6 +95,20 @@ def test_an_all_padding_row_decodes_as_in_the_ungrouped_batch(monkeypatch):
     ids, mask, _ = left_padded([4, 2, 6], seed=7)
     ids[0], mask[0] = 0, 0  # an empty prompt: it sees only itself, as in the batch prefilled at once
     params = SamplingParams(max_new_tokens=5)
+    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 10 ** 6)
+    once = generate(model, ids, mask, params)
+    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 0)
+    assert generate(model, ids, mask, params) == once
+
+
+def test_grouped_prefill_under_a_sliding_window_decodes_as_the_batch_at_once(monkeypatch):
+    model = make_model("llama", sliding_window=4)  # prompts longer than the window: the mask cuts them
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(8)  # peaky logits, as peaky_model gives
+    ids, mask, _ = left_padded([9, 3, 7, 6], seed=8)
+    params = SamplingParams(max_new_tokens=6)
     monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 10 ** 6)
     once = generate(model, ids, mask, params)
     monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 0)
