@@ -69,19 +69,22 @@ def run(command: str, overrides: list[str]) -> int:
     except ValueError as e:
         print(f"nemo-peft {command}: {e}", file=sys.stderr)
         return 2
+    # the recipe (and Lightning, ~10 s to import on 2 cores) is imported once Hydra has composed the
+    # config, so a config Hydra rejects is reported at once
     if command == "estimate" or estimate_only:
-        return _composed(command, _recipe(RECIPES["estimate"][1]), config, overrides)
-    return _hydra_main(command, _recipe(target), config, overrides)
+        return _composed(command, RECIPES["estimate"][1], config, overrides)
+    return _hydra_main(command, target, config, overrides)
 
 
-def _composed(command: str, recipe, config: str, overrides: list[str]) -> int:
+def _composed(command: str, target: str, config: str, overrides: list[str]) -> int:
     flags = [o for o in overrides if o.startswith("-")]
     if flags:
         print(f"nemo-peft {command}: Hydra flags ({' '.join(flags)}) do not apply to an estimate; "
               "pass KEY=VALUE overrides only.", file=sys.stderr)
         return 2
     try:
-        recipe(compose(config, overrides))
+        cfg = compose(config, overrides)
+        _recipe(target)(cfg)
     except Exception as e:  # noqa: BLE001 - a command line's error: the message, as Hydra prints it
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             traceback.print_exc()
@@ -92,7 +95,7 @@ def _composed(command: str, recipe, config: str, overrides: list[str]) -> int:
     return 0
 
 
-def _hydra_main(command: str, recipe, config: str, overrides: list[str]) -> int:
+def _hydra_main(command: str, target: str, config: str, overrides: list[str]) -> int:
     """``@hydra.main`` over the packaged configs, as ``examples/<config>.py`` runs it. The job keeps the
     example's name (``<output_dir>/hydra/.../<config>.log``). Lightning's DDP launcher starts the other
     processes again from ``sys.argv`` (the script, the overrides and its own Hydra overrides): argv[0] stays
@@ -104,7 +107,7 @@ def _hydra_main(command: str, recipe, config: str, overrides: list[str]) -> int:
     register_resolvers()
 
     def task(cfg):
-        recipe(cfg)
+        _recipe(target)(cfg)
 
     task.__module__ = f"nemo_peft.cli.{config}"  # Hydra names the job after the module's last part
     task = hydra.main(config_path=config_dir(), config_name=config, version_base="1.3")(task)

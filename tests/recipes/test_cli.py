@@ -68,6 +68,17 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
     assert message in res.stderr
 
 
+@pytest.mark.parametrize("command", [["finetune"], ["finetune", "+estimate_only=true"], ["estimate"]])
+def test_a_config_hydra_rejects_is_reported_before_lightning_is_imported(tmp_path, command):
+    """The recipe (and Lightning, seconds to import) loads only once Hydra has composed the config."""
+    code = ("import atexit, sys; from nemo_peft.cli import main; "  # atexit: Hydra's main exits on an error
+            "atexit.register(lambda: print('lightning imported:', 'lightning' in sys.modules)); sys.exit(main(sys.argv[1:]))")
+    res = subprocess.run([sys.executable, "-c", code, *command, "model.not_a_key=1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "not_a_key" in res.stderr, res.stderr[-2000:]
+    assert "lightning imported: False" in res.stdout
+
+
 def test_config_groups_come_from_the_yaml_files():
     assert config_dir() == os.path.join(ROOT, "conf")
     assert set(options("peft")) == {f[:-5] for f in os.listdir(os.path.join(ROOT, "conf", "peft")) if f.endswith(".yaml")}
