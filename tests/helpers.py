@@ -39,10 +39,10 @@ def make_model(family="llama", seed=0, **overrides) -> GPTModel:
     return model.eval()
 
 
-def peaky_model(family="llama", seed=0, factor=8) -> GPTModel:
+def peaky_model(family="llama", seed=0, factor=8, **overrides) -> GPTModel:
     """make_model with every weight matrix scaled by ``factor``: GPTModel's 0.02-std init gives near-uniform
     logits, degenerate greedy continuations and little to learn in a few steps."""
-    model = make_model(family, seed)
+    model = make_model(family, seed, **overrides)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:

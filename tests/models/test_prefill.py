@@ -12,7 +12,7 @@ from nemo_peft.models.generation import SamplingParams, generate
 from nemo_peft.models.prefill import length_groups, prefill
 from nemo_peft.peft.prefix import PrefixTuningPEFTConfig
 from nemo_peft.peft.prompt_tuning import PromptTuningPEFTConfig
-from tests.helpers import make_model, peaky_model, randomize_adapters
+from tests.helpers import peaky_model, randomize_adapters
 
 
 def padded_cost(lengths, groups, group_cost):
@@ -90,26 +90,24 @@ def test_generation_with_grouped_prefill_equals_each_row_alone(family, monkeypat
     assert rows == [generate(model, ids[r:r + 1, t - n:], params=params)[0] for r, n in enumerate(lengths)]
 
 
+def grouped_and_at_once(model, ids, mask, params, monkeypatch):
+    """generate() with a group per prompt length, and with the whole batch prefilled at once."""
+    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 0)
+    grouped = generate(model, ids, mask, params)
+    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 10 ** 6)
+    return grouped, generate(model, ids, mask, params)
+
+
 def test_an_all_padding_row_decodes_as_in_the_ungrouped_batch(monkeypatch):
     model = peaky_model("llama")
     ids, mask, _ = left_padded([4, 2, 6], seed=7)
     ids[0], mask[0] = 0, 0  # an empty prompt: it sees only itself, as in the batch prefilled at once
-    params = SamplingParams(max_new_tokens=5)
-    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 10 ** 6)
-    once = generate(model, ids, mask, params)
-    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 0)
-    assert generate(model, ids, mask, params) == once
+    grouped, once = grouped_and_at_once(model, ids, mask, SamplingParams(max_new_tokens=5), monkeypatch)
+    assert grouped == once
 
 
 def test_grouped_prefill_under_a_sliding_window_decodes_as_the_batch_at_once(monkeypatch):
-    model = make_model("llama", sliding_window=4)  # prompts longer than the window: the mask cuts them
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8)  # peaky logits, as peaky_model gives
+    model = peaky_model("llama", sliding_window=4)  # prompts longer than the window: the mask cuts them
     ids, mask, _ = left_padded([9, 3, 7, 6], seed=8)
-    params = SamplingParams(max_new_tokens=6)
-    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 10 ** 6)
-    once = generate(model, ids, mask, params)
-    monkeypatch.setattr(prefill_module, "GROUP_COST_TOKENS", 0)
-    assert generate(model, ids, mask, params) == once
+    grouped, once = grouped_and_at_once(model, ids, mask, SamplingParams(max_new_tokens=6), monkeypatch)
+    assert grouped == once
