@@ -176,9 +176,13 @@ class AdapterMixin:
         self._merge(None if names is None else [names] if isinstance(names, str) else list(names), sign=-1.0)
 
     def _merge(self, names, sign: float) -> None:
-        # one walk of the module tree finds every slot and its block (repeated walks cost as much as the matmuls)
-        blocks = {f"{c.path}.{c.spec.name}".lstrip("."): c.block for c in self.slot_contexts()}
-        slots = {p: getattr(b, p.rpartition(".")[2]) for p, b in blocks.items()}
+        # one walk of the module tree finds the filled slots and their blocks (repeated walks, and visiting
+        # the empty slots, cost a third as much as the merge's matmuls)
+        filled = [(f"{path}.{spec.name}".lstrip("."), block, getattr(block, spec.name))
+                  for path, block in self.named_modules() for spec in getattr(type(block), "adapter_slots", ())]
+        filled = [(p, b, s) for p, b, s in filled if len(s.adapters)]
+        blocks = {p: b for p, b, _ in filled}
+        slots = {p: s for p, _, s in filled}
         if names is None:
             names = [n for n in self.adapter_names if any(n in s.merged for s in slots.values())]
         for n in names:  # check everything first: fail before touching any weight

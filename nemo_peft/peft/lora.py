@@ -134,9 +134,13 @@ class LoraAdapter(nn.Module):
     def merge(self, host: nn.Linear, sign: float = 1.0) -> None:
         """Fold the update into ``host.weight`` (sign=-1 takes it out again)."""
         check_mergeable(host)
-        if host.weight.dtype == torch.float32:  # one in-place rows += sign * scale * B_p @ A_p per part
-            for _, start, size, a, b in self.parts():
-                host.weight[start:start + size].addmm_(b.to(host.weight), a.to(host.weight), alpha=sign * self.scale)
+        w = host.weight
+        if w.dtype == torch.float32:  # one in-place rows += sign * scale * B_p @ A_p per part
+            # plain slices, not parts(): a model merges hundreds of these, and per-part Python costs add up
+            a_all, b_all, row, r = self.lora_a.to(w), self.lora_b.to(w), 0, self.dim
+            for p, (start, size) in enumerate(self.out_slices):
+                w[start:start + size].addmm_(b_all[row:row + size], a_all[p * r:(p + 1) * r], alpha=sign * self.scale)
+                row += size
             return
         for start, size, delta in self.delta_weight():  # low precision: add in fp32, round once
             rows = host.weight[start:start + size]
