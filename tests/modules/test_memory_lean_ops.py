@@ -1,8 +1,9 @@
 """The memory-lean RoPE and SwiGLU against the plain ops: same values, same gradients."""
+import pytest
 import torch
 import torch.nn.functional as F
 
-from nemo_peft.modules.memory_lean_ops import rotary, swiglu
+from nemo_peft.modules.memory_lean_ops import _broadcast_shape, rotary, swiglu
 
 
 def plain_rotary(x, cos, sin):
@@ -27,6 +28,27 @@ def test_rotary_matches_the_plain_formula():
     x = torch.randn(2, 3, 5, 8, generator=g, requires_grad=True)
     angles = torch.randn(2, 1, 5, 8, generator=g)
     check(rotary, plain_rotary, x, angles.cos(), angles.sin())
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_rotary_of_heads_split_from_a_projection_is_exact_and_contiguous(grad):
+    """As attention calls it: x a [B, heads, T, D] view of a [B, T, heads, D] projection, one decoded
+    position or a sequence, with and without autograd; the output is contiguous [B, heads, T, D]."""
+    g = torch.Generator().manual_seed(3)
+    for t in (1, 6):
+        proj = torch.randn(2, t, 5, 8, generator=g, requires_grad=grad)
+        x = proj[:, :, :3].transpose(1, 2)
+        angles = torch.randn(2, 1, t, 8, generator=g)
+        with torch.set_grad_enabled(grad):
+            out = rotary(x, angles.cos(), angles.sin())
+        assert out.is_contiguous() and out.shape == x.shape
+        assert torch.equal(out, plain_rotary(x, angles.cos(), angles.sin()))
+
+
+@pytest.mark.parametrize("a, b", [((2, 3, 5, 8), (2, 1, 5, 8)), ((1, 3, 1, 8), (1, 1, 8)), ((3, 8), (8,)),
+                                  ((1, 3, 5, 8), (2, 1, 5, 8)), ((8,), (2, 3, 8)), ((2, 1, 8), (2, 4, 8))])
+def test_the_quick_broadcast_shape_is_torchs(a, b):
+    assert _broadcast_shape(torch.Size(a), torch.Size(b)) == torch.broadcast_shapes(a, b)
 
 
 def test_swiglu_matches_silu_times_up():
