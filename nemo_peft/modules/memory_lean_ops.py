@@ -112,4 +112,6 @@ def rms_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype != torch.float32 and torch.is_grad_enabled() and x.requires_grad \
             and not torch.compiler.is_compiling():
         return _RMSNormLowPrecision.apply(x, eps)
+    if x.dtype == torch.float32:  # no casts to dispatch (2 x layers norms per decoded token)
+        return F.rms_norm(x, (x.shape[-1],), eps=eps)
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
