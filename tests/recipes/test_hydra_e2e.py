@@ -38,7 +38,7 @@ def test_bad_config_is_a_clear_error(tmp_path, override, message):
     assert message in res.stderr
 
 
-@pytest.mark.parametrize("schemes", ["ptuning,adapter", "lora,ia3"])
+@pytest.mark.parametrize("schemes", [pytest.param("ptuning,adapter", marks=pytest.mark.slow), "lora,ia3"])  # CI time
 def test_comma_list_of_schemes_trains_saves_and_generates(tiny_task, tmp_path, schemes):
     out = tmp_path / "run"
     ft = run_example(

@@ -107,6 +107,7 @@ def test_fsdp2_trains_what_one_process_trains_and_checkpoints_hold_only_the_adap
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
 
 
+@pytest.mark.slow  # a combination; the default suite keeps each part on its own (CI time)
 def test_ptuning_and_adapter_together_under_ddp_and_fsdp2(tmp_path):
     scheme = "model.peft.peft_scheme=ptuning,adapter"  # P-tuning's encoder sits in FSDP's root unit
     one = finetune(tmp_path / "one", scheme, "data.train_ds.micro_batch_size=8")
@@ -115,6 +116,7 @@ def test_ptuning_and_adapter_together_under_ddp_and_fsdp2(tmp_path):
         assert_same_training(run, one, adapter_tol=1e-6 if strategy == "ddp" else 1e-5)
 
 
+@pytest.mark.slow  # a combination; the default suite keeps each part on its own (CI time)
 def test_fsdp2_with_activation_checkpointing_and_qlora_under_ddp(tmp_path, one_process):
     recomputed = finetune(tmp_path / "ckpt", "trainer=fsdp", "data.train_ds.micro_batch_size=4",
                           "model.activations_checkpoint_granularity=full")
@@ -150,6 +152,7 @@ def test_ddp_resume_after_a_crash_with_the_same_and_with_fewer_processes(tmp_pat
     assert_same_training_tail(fewer, ddp, tol=1e-5)  # one process sums the same tokens in another order
 
 
+@pytest.mark.slow  # a combination; the default suite keeps each part on its own (CI time)
 def test_resume_a_one_process_run_on_two_processes(tmp_path, one_process):
     killed = tmp_path / "killed"
     crash_at_step_3(killed)  # one process accumulating 2 micro-batches of 4

@@ -16,7 +16,7 @@ def task_overrides(tiny_task):
             f"data.validation_ds.file_names=[{tiny_task['test']}]", "trainer.enable_progress_bar=false"]
 
 
-@pytest.mark.parametrize("scheme", ["lora", "ptuning,adapter"])
+@pytest.mark.parametrize("scheme", ["lora", pytest.param("ptuning,adapter", marks=pytest.mark.slow)])  # CI time
 def test_t5_finetune_then_generate(tiny_task, tmp_path, scheme):
     out = tmp_path / "run"
     ft = run_example("finetune.py", "model=t5", f"model.peft.peft_scheme={scheme}", f"exp_manager.output_dir={out}",
