@@ -1,12 +1,13 @@
-"""The base model's linear layer: ``nn.Linear``, except that batched decoding steps run through oneDNN.
-
-Batched greedy decoding (exact-match evaluation: 25 prompts, one new token per row per step) multiplies
-a handful of rows by every weight. MKL, PyTorch's CPU BLAS, is slow at that shape on the AMD EPYC
-machines seen here: [25, 576] x [576, 3072] ran at ~60 GFLOP/s against ~150 at 1024 rows, and the
-25-row LM head at 30-40. oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, what inductor's CPU
-backend calls) ran the same products 1.1 to 2x faster, and 25-prompt generation 1.19x faster end to end
-(paired runs, benchmarks/README.md). One row (batch-1 decoding: a GEMV) and whole sequences (prefill, training,
-scoring) stay on MKL, which was as fast or faster there. Values are the same products summed in another order.
+"""The base model's linear layer: ``nn.Linear``, except that decoding steps run through oneDNN.
+Decoding multiplies one position per row (1 row for batch-1 decoding, 25 for exact-match evaluation's
+batches) by every weight. MKL, PyTorch's CPU BLAS, is slow at those shapes on the AMD EPYC machines seen
+here: [25, 576] x [576, 3072] ran at ~60 GFLOP/s against ~150 at 1024 rows, the 25-row LM head at 30-40,
+and one row (a GEMV) streamed the model's weights at ~18 GB/s against ~31 GB/s for a plain read.
+oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, what inductor's CPU backend calls) ran the
+batched products 1.1 to 2x faster (25-prompt generation 1.19x end to end) and the GEMVs at ~24 GB/s
+(the LM head at ~42; batch-1 decoding 26.4 against 23.4 tok/s), in paired runs (benchmarks/README.md).
+Whole sequences (prefill, training, scoring) stay on MKL, which was as fast or faster there. Values are
+the same products summed in another order.
 Only for fp32 plain tensors on an x86 CPU without autograd, outside ``torch.compile``.
 """
 from __future__ import annotations
@@ -23,18 +24,17 @@ ONEDNN_LINEAR = (platform.machine().lower() in ("x86_64", "amd64") and torch.bac
 
 
 def decode_step_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """``x`` is one position of each of 2 to ONEDNN_MAX_ROWS rows ([B, 1, in] or [B, in]), fp32 on CPU.
+    """``x`` is one position of each of 1 to ONEDNN_MAX_ROWS rows ([B, 1, in] or [B, in]), fp32 on CPU.
     Whole sequences ([B, T, in], T > 1: prefill, scoring, evaluation loss) stay on MKL, so their
     logits are bitwise those of any other MKL-based implementation."""
     rows = x.numel() // max(x.shape[-1], 1)
-    return (1 < rows <= ONEDNN_MAX_ROWS and (x.dim() == 2 or x.shape[-2] == 1)
+    return (0 < rows <= ONEDNN_MAX_ROWS and (x.dim() == 2 or x.shape[-2] == 1)
             and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
             and type(weight) in (torch.Tensor, nn.Parameter))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; a batched decoding step without autograd on an x86 CPU goes through
-    oneDNN."""
+    """``F.linear(x, weight, bias)``; a decoding step without autograd on an x86 CPU goes through oneDNN."""
     if (ONEDNN_LINEAR and not torch.is_grad_enabled() and decode_step_on_cpu(x, weight)
             and not torch.compiler.is_compiling()):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")

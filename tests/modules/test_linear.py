@@ -33,7 +33,9 @@ def test_decode_steps_without_autograd_take_onednn_and_the_rest_the_blas():
         assert "mkldnn::_linear_pointwise" in ops_run(lambda: linear(x, w))
         assert "mkldnn::_linear_pointwise" in ops_run(lambda: linear(x[:, None], w))  # [B, 1, in]
         assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x[None], w))  # a sequence: MKL
-        assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x[:1], w))  # a GEMV: MKL
+        assert "mkldnn::_linear_pointwise" in ops_run(lambda: linear(x[:1], w))  # batch-1 decoding's GEMV
+        assert "mkldnn::_linear_pointwise" in ops_run(lambda: linear(x[:1, None], w))
+        assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x[:1, None].expand(1, 3, 8), w))  # a prompt
         assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(torch.randn(ONEDNN_MAX_ROWS + 1, 8), w))
         assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x.double(), w.double()))
     assert "mkldnn::_linear_pointwise" not in ops_run(lambda: linear(x, w))  # autograd on: F.linear
