@@ -334,7 +334,7 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.prompt, args.new_tokens = 32, 32 if q else 128
-    args.decode_reps, args.io_reps, args.merge_reps, args.gen_reps = (1, 2, 2, 1) if q else (3, 5, 5, 3)
+    args.decode_reps, args.io_reps, args.merge_reps, args.gen_reps = (1, 2, 2, 1) if q else (3, 5, 5, 5)
     args.gen_batch, args.gen_new = 25, 16
     args.mem_reps = 1 if q else 3
     return args
