@@ -5,7 +5,7 @@ here: [25, 576] x [576, 3072] ran at ~60 GFLOP/s against ~150 at 1024 rows, the 
 and one row (a GEMV) streamed the model's weights at ~18 GB/s against ~31 GB/s for a plain read.
 oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, what inductor's CPU backend calls) ran the
 batched products 1.1 to 2x faster (25-prompt generation 1.19x end to end) and the GEMVs at ~24 GB/s
-(the LM head at ~42; batch-1 decoding 26.4 against 23.4 tok/s), in paired runs (benchmarks/README.md).
+(the LM head at ~42; batch-1 decoding 26.4 against 23.4 tok/s), in paired runs (README, Benchmarks).
 Whole sequences (prefill, training, scoring) stay on MKL, which was as fast or faster there. Values are
 the same products summed in another order.
 Only for fp32 plain tensors on an x86 CPU without autograd, outside ``torch.compile``.
