@@ -178,8 +178,8 @@ class AdapterMixin:
     def _merge(self, names, sign: float) -> None:
         # one walk of the module tree finds the filled slots and their blocks (repeated walks, and visiting
         # the empty slots, cost a third as much as the merge's matmuls)
-        filled = [(f"{path}.{spec.name}".lstrip("."), block, getattr(block, spec.name))
-                  for path, block in self.named_modules() for spec in getattr(type(block), "adapter_slots", ())]
+        filled = [(f"{c.path}.{c.spec.name}".lstrip("."), c.block, getattr(c.block, c.spec.name))
+                  for c in self.slot_contexts()]
         filled = [(p, b, s) for p, b, s in filled if len(s.adapters)]
         blocks = {p: b for p, b, _ in filled}
         slots = {p: s for p, _, s in filled}

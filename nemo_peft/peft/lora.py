@@ -109,7 +109,11 @@ class LoraAdapter(nn.Module):
 
     def parts(self) -> list[LoraPart]:
         """Every covered part, in the host's row order."""
-        return [LoraPart(p, start, size, *self.part_weights(p)) for p, (start, size) in enumerate(self.out_slices)]
+        # two splits, not part_weights(p) per part (which sums the sizes before p): a model merges hundreds
+        a_parts = self.lora_a.split(self.dim)
+        b_parts = self.lora_b.split([size for _, size in self.out_slices])
+        return [LoraPart(p, start, size, a, b)
+                for p, ((start, size), a, b) in enumerate(zip(self.out_slices, a_parts, b_parts))]
 
     @torch.no_grad()
     def write_part(self, p: int, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -136,11 +140,8 @@ class LoraAdapter(nn.Module):
         check_mergeable(host)
         w = host.weight
         if w.dtype == torch.float32:  # one in-place rows += sign * scale * B_p @ A_p per part
-            # plain slices, not parts(): a model merges hundreds of these, and per-part Python costs add up
-            a_all, b_all, row, r = self.lora_a.to(w), self.lora_b.to(w), 0, self.dim
-            for p, (start, size) in enumerate(self.out_slices):
-                w[start:start + size].addmm_(b_all[row:row + size], a_all[p * r:(p + 1) * r], alpha=sign * self.scale)
-                row += size
+            for _, start, size, a, b in self.parts():
+                w[start:start + size].addmm_(b.to(w), a.to(w), alpha=sign * self.scale)
             return
         for start, size, delta in self.delta_weight():  # low precision: add in fp32, round once
             rows = host.weight[start:start + size]
