@@ -70,21 +70,19 @@ def linear_shapes(cfg) -> dict[str, tuple[int, int]]:
             "linear_fc1": (cfg.hidden_size, fc1), "linear_fc2": (f, cfg.hidden_size)}
 
 
-def lm_chunk_rows(cfg, rows: int) -> int:
-    """Rows per LM-head chunk as our chunked loss takes them (its default size), at most ``rows``."""
-    try:
-        from nemo_peft.modules.chunked_loss import CHUNK_ELEMENTS
-    except ImportError:  # pragma: no cover - the constant moved
-        CHUNK_ELEMENTS = 1 << 23
-    return max(1, min(rows, max(64, CHUNK_ELEMENTS // cfg.vocab_size)))
+def lm_head_chunk(cfg, rows: int) -> tuple[int, int]:
+    """(rows per block, vocabulary entries per chunk) of our chunked loss on a frozen head (its default)."""
+    from nemo_peft.modules.chunked_loss import vocab_chunk
+    return vocab_chunk(rows, cfg.vocab_size)
 
 
 def train_matmuls(cfg, batch: int, seq: int, rank: int, targets, label_rows: int | None = None,
-                  lm_chunk: int | None = None) -> list[Mm]:
+                  lm_chunk: tuple[int, int] | None = None) -> list[Mm]:
     """Every matmul of one LoRA training step (frozen base and embedding, LoRA on ``targets``).
 
     ``label_rows``: positions with a label (default batch x (seq - 1), next-token labels);
-    ``lm_chunk``: rows per LM-head matmul (default: our chunked loss's), which sets the measured shape."""
+    ``lm_chunk``: (rows, vocabulary entries) per LM-head matmul (default: our chunked loss's), which sets the
+    measured shape."""
     t, L, h = batch * seq, cfg.num_layers, cfg.hidden_size
     rows = batch * (seq - 1) if label_rows is None else label_rows
     out = []
@@ -105,9 +103,10 @@ def train_matmuls(cfg, batch: int, seq: int, rank: int, targets, label_rows: int
             Mm("attention", "dP = dO V^T", seq, d, seq, half, "bmm", bh),
             Mm("attention", "dV, dQ, dK", seq, seq, d, 3 * half, "bmm", bh)]
     if rows:
-        c = lm_chunk or lm_chunk_rows(cfg, rows)
-        out += [Mm("lm_head", "LM head fwd", c, h, cfg.vocab_size, rows / c, "nt"),
-                Mm("lm_head", "LM head dx", c, cfg.vocab_size, h, rows / c, "nn")]
+        block, width = lm_chunk or lm_head_chunk(cfg, rows)
+        n = rows / block * cfg.vocab_size / width  # matmuls of that shape per step
+        out += [Mm("lm_head", "LM head fwd", block, h, width, n, "nt"),
+                Mm("lm_head", "LM head dx", block, width, h, n, "nn")]
     return out
 
 
@@ -307,7 +306,7 @@ def limits_markdown(lim: Limits, tokens: int) -> str:
     """The "Machine limits" section: bandwidths, the step's work, and each matmul shape's peak."""
     g, f = flops_by_group(lim.mms), lim.flops
     lm = next((mm for mm in lim.mms if mm.group == "lm_head"), None)
-    rows_lm = round(lm.m * lm.count) if lm else 0
+    rows_lm = round(lm.flops / (2 * lim.cfg.hidden_size * lim.cfg.vocab_size)) if lm else 0
     dec, dec_l = decode_bytes(lim.cfg), decode_bytes(lim.cfg, 4, lim.rank, lim.targets)
     merge_flops = total_flops(merge_matmuls(lim.cfg, lim.rank, lim.targets))
     passes = len(lim.background) or 1

@@ -72,8 +72,14 @@ class LoraAdapter(nn.Module):
     def forward(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.dropout is not None and self.dropout_position == "pre":
             x = self.dropout(x)
-        h = F.linear(x, self.lora_a) * self.scale  # scale the narrow [.., P*r] tensor
-        return out + self._post(F.linear(h, self.expanded_b(out.shape[-1])))
+        h = F.linear(x, self.lora_a)
+        b = self.expanded_b(out.shape[-1])
+        post_dropout = self.dropout is not None and self.dropout_position == "post"
+        if post_dropout or (out.dtype != h.dtype and not torch.is_autocast_enabled(out.device.type)):
+            return out + self._post(F.linear(h * self.scale, b))  # dtypes differ (e.g. a bf16 4-bit host)
+        # out + scale * h B^T as one GEMM accumulating onto a copy of out: no separate product to add
+        rows = out.reshape(-1, out.shape[-1])
+        return torch.addmm(rows, h.reshape(-1, h.shape[-1]), b.t(), alpha=self.scale).view(out.shape)
 
     def expanded_b(self, out_features: int) -> torch.Tensor:
         """B as one [out_features, P*r] matrix: B_p in rows start_p.. and columns p*r.., zeros elsewhere.

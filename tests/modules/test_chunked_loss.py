@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nemo_peft.modules import chunked_loss
 from nemo_peft.modules.chunked_loss import linear_cross_entropy
 
 
@@ -10,29 +11,49 @@ def reference(hidden, weight, labels):
     return F.cross_entropy(F.linear(hidden, weight).float().flatten(0, -2), labels.flatten(), ignore_index=-100)
 
 
+# (chunk_elements, MAX_ROWS): one chunk; vocabulary chunks of 7 with a shorter last one (50 = 7 x 7 + 1)
+# over row blocks of 4 (15 labelled rows: 4 + 4 + 4 + 3); row chunks of 1 for a trained head
+@pytest.mark.parametrize("chunk_elements,max_rows", [(1 << 20, 4096), (28, 4), (3, 4096)])
 @pytest.mark.parametrize("weight_trains", [False, True])
-@pytest.mark.parametrize("chunk_size", [3, 512])
-def test_loss_and_gradients_equal_the_dense_reference(weight_trains, chunk_size):
+@pytest.mark.parametrize("scale", [2.0, 60.0])  # 60: logits in the hundreds, exp() overflows unless shifted
+def test_loss_and_gradients_equal_the_dense_reference(weight_trains, chunk_elements, max_rows, scale,
+                                                      monkeypatch):
+    monkeypatch.setattr(chunked_loss, "MAX_ROWS", max_rows)
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 9, 16, generator=g) * 2
+    hidden = torch.randn(2, 9, 16, generator=g) * scale
     weight = torch.randn(50, 16, generator=g)
     labels = torch.randint(0, 50, (2, 9), generator=g)
     labels[0, :3] = -100  # ignored rows get no gradient and do not count in the mean
     losses, grads = [], []
-    for fn in (reference, lambda h, w, y: linear_cross_entropy(h, w, y, chunk_size=chunk_size)):
+    for fn in (reference, lambda h, w, y: linear_cross_entropy(h, w, y, chunk_elements=chunk_elements)):
         h = hidden.clone().requires_grad_()
         w = weight.clone().requires_grad_(weight_trains)
         loss = fn(h, w, labels)
         (2.5 * loss).backward()  # a non-unit incoming gradient
         losses.append(loss.detach())
         grads.append((h.grad, w.grad))
-    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-5)
+    tol = 1e-6 * scale  # fp32 rounding of logits that grow with the scale
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=tol)
     assert grads[1][0][0, :3].abs().sum() == 0
     if weight_trains:
-        torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=10 * tol)
     else:
         assert grads[1][1] is None
+
+
+def test_frozen_head_walks_the_vocabulary_in_chunks_over_all_rows():
+    # 1020 labelled rows of a 49152-word head: every row in one block, chunks of 4096 words
+    assert chunked_loss.vocab_chunk(1020, 49152) == (1020, 4112)
+    assert chunked_loss.vocab_chunk(10_000, 49152) == (chunked_loss.MAX_ROWS, 1024)
+    assert chunked_loss.vocab_chunk(3, 50, chunk_elements=28) == (3, 9)
+
+
+def test_all_rows_ignored_gives_nan_like_cross_entropy():
+    hidden = torch.randn(2, 3, 4, requires_grad=True)
+    labels = torch.full((2, 3), -100)
+    loss = linear_cross_entropy(hidden, torch.randn(5, 4), labels)
+    assert torch.isnan(loss) and torch.isnan(reference(hidden, torch.randn(5, 4), labels))
 
 
 def test_bf16_autocast_is_close_to_the_reference():
@@ -41,7 +62,7 @@ def test_bf16_autocast_is_close_to_the_reference():
     weight = torch.randn(100, 32, generator=g) * 0.2
     labels = torch.randint(0, 100, (64,), generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = linear_cross_entropy(hidden, weight, labels, chunk_size=16)
+        ours = linear_cross_entropy(hidden, weight, labels, chunk_elements=16 * 100)
         ref = reference(hidden, weight, labels)
     assert ours.dtype == torch.float32
     torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
