@@ -18,7 +18,8 @@ from torch import nn
 class SlotSpec:
     """Where a slot sits. ``kind`` says which methods can fill it and how it is called:
 
-    - ``"lora"``: parallel to the linear layer ``host``: adapter(x, out) -> out + update
+    - ``"lora"``: parallel to the linear layer ``host``: adapter(x, out) -> out + update; ``out`` is the
+      host's fresh output, which the adapter may update in place (LoRA adds inside its GEMM)
     - ``"scale"``: rescales an activation (IA3): adapter(h) -> h * s
     - ``"residual"``: a bottleneck after a sub-block: adapter(h) -> h + f(h)
     - ``"prompt"``: virtual token embeddings: adapter() -> [n, hidden]

@@ -75,11 +75,12 @@ class LoraAdapter(nn.Module):
         h = F.linear(x, self.lora_a)
         b = self.expanded_b(out.shape[-1])
         post_dropout = self.dropout is not None and self.dropout_position == "post"
-        if post_dropout or (out.dtype != h.dtype and not torch.is_autocast_enabled(out.device.type)):
-            return out + self._post(F.linear(h * self.scale, b))  # dtypes differ (e.g. a bf16 4-bit host)
-        # out + scale * h B^T as one GEMM accumulating onto a copy of out: no separate product to add
+        if post_dropout or out.dtype != h.dtype:  # (dtypes differ e.g. on a bf16 4-bit host)
+            return out + self._post(F.linear(h * self.scale, b))
+        # out += scale * h B^T inside the GEMM: no product to allocate and add (the host's matmul does not
+        # keep its output for backward, so updating it in place is safe)
         rows = out.reshape(-1, out.shape[-1])
-        return torch.addmm(rows, h.reshape(-1, h.shape[-1]), b.t(), alpha=self.scale).view(out.shape)
+        return rows.addmm_(h.reshape(-1, h.shape[-1]), b.t().to(h.dtype), alpha=self.scale).view(out.shape)
 
     def expanded_b(self, out_features: int) -> torch.Tensor:
         """B as one [out_features, P*r] matrix: B_p in rows start_p.. and columns p*r.., zeros elsewhere.

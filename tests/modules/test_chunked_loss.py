@@ -2,6 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nemo_peft.modules import chunked_loss
 from nemo_peft.modules.chunked_loss import linear_cross_entropy
@@ -95,3 +97,31 @@ def test_model_lm_loss_equals_cross_entropy_of_its_logits(arch):
     g_ours, = torch.autograd.grad(ours, hidden)
     g_ref, = torch.autograd.grad(ref, hidden)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 12), vocab=st.integers(2, 40), chunk_elements=st.integers(1, 200),
+       max_rows=st.integers(1, 8), ignored=st.integers(0, 12), weight_trains=st.booleans(), seed=st.integers(0, 99))
+def test_any_chunking_gives_the_dense_loss_and_gradient(rows, vocab, chunk_elements, max_rows, ignored,
+                                                        weight_trains, seed):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, 8, generator=g) * 3
+    weight = torch.randn(vocab, 8, generator=g)
+    labels = torch.randint(0, vocab, (rows,), generator=g)
+    labels[:min(ignored, rows - 1)] = -100  # at least one labelled row
+    old = chunked_loss.MAX_ROWS
+    chunked_loss.MAX_ROWS = max_rows  # (hypothesis and pytest's monkeypatch do not mix per example)
+    try:
+        results = []
+        for fn in (reference, lambda h, w, y: linear_cross_entropy(h, w, y, chunk_elements=chunk_elements)):
+            h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_(weight_trains)
+            loss = fn(h, w, labels)
+            loss.backward()
+            results.append((loss.detach(), h.grad, w.grad))
+    finally:
+        chunked_loss.MAX_ROWS = old
+    (l_ref, gh_ref, gw_ref), (l, gh, gw) = results
+    torch.testing.assert_close(l, l_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gh, gh_ref, rtol=1e-4, atol=1e-5)
+    if weight_trains:
+        torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-5)

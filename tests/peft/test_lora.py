@@ -183,10 +183,19 @@ def test_dropout_only_in_training(position):
     ad = LoraAdapter(8, [(0, 6)], dim=2, alpha=2, dropout=0.5, dropout_position=position, b_init="normal")
     x, out = torch.randn(4, 8), torch.zeros(4, 6)
     ad.eval()
-    assert torch.equal(ad(x, out), ad(x, out))
+    assert torch.equal(ad(x, out.clone()), ad(x, out.clone()))  # the adapter may add into out in place
     ad.train()
     torch.manual_seed(0)
-    assert not torch.equal(ad(x, out), ad.eval()(x, out))
+    assert not torch.equal(ad(x, out.clone()), ad.eval()(x, out.clone()))
+
+
+def test_update_is_added_into_the_host_output_and_matches_the_dense_formula():
+    ad = LoraAdapter(8, [(0, 6)], dim=2, alpha=3, b_init="normal")
+    x, out = torch.randn(2, 4, 8), torch.randn(2, 4, 6)
+    want = out + (x @ ad.lora_a.T @ ad.lora_b.T) * ad.scale
+    got = ad(x, out)
+    torch.testing.assert_close(got, want)
+    assert got.data_ptr() == out.data_ptr()  # no [tokens, out_features] product allocated and added
 
 
 def test_inference_cache_of_the_expanded_b_follows_updates():
