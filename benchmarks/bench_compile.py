@@ -40,13 +40,12 @@ def main():
     hf = add_lora_hf(hf_twin(base))
     ours = add_lora_ours(base)
     print("[1/3] eager: ours and HF+peft", flush=True)
-    first = {}
-    times = {}
+    first, times, faults = {}, {}, {}
     for name, model, loss in (("ours eager", ours, loss_ours), ("HF+peft eager", hf, loss_hf)):
         trainer = Trainer(model, loss, batches)
         step_times(trainer, 2)
         times[name] = step_times(trainer, args.steps)
-        first[name] = trainer.losses[0]
+        first[name], faults[name] = trainer.losses[0], trainer.fault_note()
         del trainer
     del hf
     print("[2/3] ours with model.compile (the first step compiles)", flush=True)
@@ -58,6 +57,7 @@ def main():
     step_times(trainer, 1)
     print("[3/3] ours compiled, timed", flush=True)
     times["ours compiled"] = step_times(trainer, args.steps)
+    faults["ours compiled"] = trainer.fault_note()
     tokens = 4 * 256
     hf_s = med(times["HF+peft eager"])
     rows = [(name, f"{med(t):.3f} {spread(t)}", f"{tokens / med(t):.0f}", f"{hf_s / med(t):.2f}x")
@@ -68,6 +68,8 @@ def main():
              f"torch.compile (nemo_peft.models.compile.compile_blocks, what model.compile=true does)",
              f"first compiled step (compiling forward and backward): {compile_s:.1f} s",
              "first-step loss (same weights, same batch): " + ", ".join(f"{k} {v:.5f}" for k, v in first.items()),
+             "page faults (fresh memory, faulted in and zeroed by the kernel; its cost on these VMs varies over time): "
+             + "; ".join(f"{k} {v}" for k, v in faults.items()),
              *background_notes(meter)]
     text = ("# torch.compile on CPU: our LoRA training step eager vs compiled, HF+peft eager as the peer\n\n"
             + md_table(("variant", "step s (median [min–max])", "tokens/s", "vs HF+peft eager"), rows)

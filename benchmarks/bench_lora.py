@@ -155,6 +155,9 @@ def run(args):
     measured["train"] = (med(a), med(b))
     notes.append(f"first-step loss (LoRA B=0, so equal to the base model's): nemo_peft {tr['ours'].losses[0]:.5f}, "
                  f"HF+peft {tr['hf'].losses[0]:.5f}")
+    notes.append(f"memory traffic the kernel sees in a training step (fresh pages are faulted in and zeroed; on these "
+                 f"VMs the cost of a fault varies over time): nemo_peft {tr['ours'].fault_note()}, "
+                 f"HF+peft {tr['hf'].fault_note()}")
     if args.profile:
         profile(tr)
 

@@ -7,7 +7,7 @@ the tests under ``tests/benchmarks``.
 """
 from __future__ import annotations
 
-import contextlib, os, platform, statistics, time, warnings
+import contextlib, os, platform, resource, statistics, time, warnings
 
 import torch
 import torch.nn.functional as F
@@ -115,12 +115,14 @@ class Trainer:
         self.ctx = (lambda: torch.autocast(autocast, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
         self.device = next(model.parameters()).device
         self.losses = []
+        self.faults, self.sys_s = [], []  # per step: minor page faults, kernel CPU seconds (fresh memory costs both)
 
     def step(self, batch=None) -> float:
         if batch is None:
             batch = self.batches[self.i % len(self.batches)]
             self.i += 1
         sync(self.device)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         with self.ctx():
             loss = self.loss_fn(self.model, batch)
@@ -129,8 +131,15 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         sync(self.device)
         dt = time.perf_counter() - t
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        self.faults.append(r1.ru_minflt - r0.ru_minflt)
+        self.sys_s.append(r1.ru_stime - r0.ru_stime)
         self.losses.append(loss.item())
         return dt
+
+    def fault_note(self) -> str:
+        """Median minor page faults and kernel CPU seconds of this trainer's steps."""
+        return f"{med(self.faults):,.0f} page faults and {med(self.sys_s):.2f} s of kernel CPU per step"
 
 
 def make_batches(n, batch, seq, vocab, seed=0, device="cpu"):
