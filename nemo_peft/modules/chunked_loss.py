@@ -40,8 +40,8 @@ def _frozen_head_block(h, y, weight, dtype, width):
     labels ``y``, walking ``weight`` in chunks of ``width`` rows with an online softmax."""
     rows = h.shape[0]
     h = h.to(dtype)
-    w_target = weight.index_select(0, y).to(dtype)
-    target = (h.float() * w_target.float()).sum(1, keepdim=True)  # each row's logit of its label
+    w_target = weight.index_select(0, y).to(dtype).float()  # the labels' head rows, as the matmuls see them
+    target = (h.float() * w_target).sum(1, keepdim=True)  # each row's logit of its label
     peak = torch.full((rows, 1), float("-inf"), device=h.device)
     total_exp = torch.zeros((rows, 1), device=h.device)
     weighted = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # sum_v exp(logit_v - peak) w_v
@@ -59,7 +59,7 @@ def _frozen_head_block(h, y, weight, dtype, width):
             weighted.add_((e.to(dtype) @ w).float())
         peak = new_peak
     loss = (total_exp.log() + peak - target).sum()  # log-sum-exp minus the target's logit
-    return loss, weighted.div_(total_exp).sub_(w_target.float())  # softmax-weighted rows minus the target's
+    return loss, weighted.div_(total_exp).sub_(w_target)  # softmax-weighted rows minus the target's
 
 
 def _trained_head_chunk(h, y, w, dtype, grad_weight):

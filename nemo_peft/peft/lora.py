@@ -111,12 +111,12 @@ class LoraAdapter(nn.Module):
 
     def part_weights(self, p: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(A_p [dim, in], B_p [size_p, dim]): views into ``lora_a``/``lora_b`` (autograd flows through)."""
-        b_start = sum(size for _, size in self.out_slices[:p])
-        return self.lora_a[self.rank_slice(p)], self.lora_b[b_start:b_start + self.out_slices[p][1]]
+        part = self.parts()[p]
+        return part.a, part.b
 
     def parts(self) -> list[LoraPart]:
-        """Every covered part, in the host's row order."""
-        # two splits, not part_weights(p) per part (which sums the sizes before p): a model merges hundreds
+        """Every covered part, in the host's row order (views into ``lora_a``/``lora_b``)."""
+        # two splits for all parts at once: a model merges hundreds of parts
         a_parts = self.lora_a.split(self.dim)
         b_parts = self.lora_b.split([size for _, size in self.out_slices])
         return [LoraPart(p, start, size, a, b)
