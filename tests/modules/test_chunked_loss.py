@@ -75,6 +75,9 @@ def test_bf16_autocast_is_close_to_the_reference():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="labels"):
         linear_cross_entropy(torch.randn(2, 3, 4), torch.randn(5, 4), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="chunk_elements must be at least 1"):
+        linear_cross_entropy(torch.randn(2, 3, 4), torch.randn(5, 4), torch.zeros(2, 3, dtype=torch.long),
+                             chunk_elements=0)
 
 
 @pytest.mark.parametrize("arch", ["gpt", "t5_tied_scaled", "t5_untied"])
