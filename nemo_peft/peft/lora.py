@@ -77,10 +77,19 @@ class LoraAdapter(nn.Module):
         post_dropout = self.dropout is not None and self.dropout_position == "post"
         if post_dropout or out.dtype != h.dtype:  # (dtypes differ e.g. on a bf16 4-bit host)
             return out + self._post(F.linear(h * self.scale, b))
-        # out += scale * h B^T inside the GEMM: no product to allocate and add (the host's matmul does not
-        # keep its output for backward, so updating it in place is safe)
-        rows = out.reshape(-1, out.shape[-1])
-        return rows.addmm_(h.reshape(-1, h.shape[-1]), b.t().to(h.dtype), alpha=self.scale).view(out.shape)
+        # out + scale * h B^T inside the GEMM, into ``out`` itself: no product to allocate and add (the host's
+        # matmul does not keep its output for backward, so updating it in place is safe)
+        b_t, scale = b.t().to(h.dtype), self.scale
+        rows, h_rows = out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1])
+        if not (torch.is_grad_enabled() and (out.requires_grad or h.requires_grad)):
+            return rows.addmm_(h_rows, b_t, alpha=scale).view(out.shape)
+        # under autograd never into a view of out (rows): backward would replay that as a zero-fill and
+        # copies of the whole output (~6% of a SmolLM2 training step)
+        if not out._is_view() and out.dim() == 2:
+            return out.addmm_(h, b_t, alpha=scale)
+        if not out._is_view() and out.dim() == 3:
+            return out.baddbmm_(h, b_t.expand(out.shape[0], -1, -1), alpha=scale)
+        return torch.addmm(rows, h_rows, b_t, alpha=scale).view(out.shape)
 
     def expanded_b(self, out_features: int) -> torch.Tensor:
         """B as one [out_features, P*r] matrix: B_p in rows start_p.. and columns p*r.., zeros elsewhere.

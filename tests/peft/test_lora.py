@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nemo_peft.peft.lora import LoraAdapter, LoraPEFTConfig
 from tests.helpers import IDS, assert_only_adapters_get_grads, make_model, randomize_adapters
@@ -193,9 +194,41 @@ def test_update_is_added_into_the_host_output_and_matches_the_dense_formula():
     ad = LoraAdapter(8, [(0, 6)], dim=2, alpha=3, b_init="normal")
     x, out = torch.randn(2, 4, 8), torch.randn(2, 4, 6)
     want = out + (x @ ad.lora_a.T @ ad.lora_b.T) * ad.scale
-    got = ad(x, out)
+    with torch.no_grad():
+        got = ad(x, out)
     torch.testing.assert_close(got, want)
     assert got.data_ptr() == out.data_ptr()  # no [tokens, out_features] product allocated and added
+
+
+@pytest.mark.parametrize("host", ["3d", "2d", "3d_with_bias"])
+def test_training_update_adds_into_the_output_without_copies_in_backward(host):
+    """Under autograd the update goes into the host output itself (baddbmm_/addmm_), or into a new tensor
+    when that output is a view (a linear with bias): never in place into a view of it, which backward
+    would replay as a zero-fill and copies of the whole output (CopySlices). Values and gradients are
+    those of the dense formula."""
+    ad = LoraAdapter(8, [(0, 6)], dim=2, alpha=3, b_init="normal")
+    x = torch.randn(2, 4, 8, requires_grad=True)
+    w_host, bias = torch.randn(6, 8, requires_grad=True), torch.randn(6)
+    inp = x.reshape(8, 8) if host == "2d" else x
+    out = F.linear(inp, w_host, bias if host == "3d_with_bias" else None)
+    ptr, is_view = out.data_ptr(), out._is_view()
+    got = ad(inp, out)
+    assert is_view == (host == "3d_with_bias") and (got.data_ptr() == ptr) != is_view
+    names, stack = set(), [got.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None:
+            names.add(type(fn).__name__)
+            stack.extend(f for f, _ in fn.next_functions)
+    assert not any("CopySlices" in n or "AsStrided" in n for n in names)
+    g = torch.randn(got.shape)
+    params = [x, w_host, ad.lora_a, ad.lora_b]
+    grads = torch.autograd.grad((got * g).sum(), params)
+    want = F.linear(inp, w_host, bias if host == "3d_with_bias" else None) \
+        + (inp @ ad.lora_a.T @ ad.lora_b.T) * ad.scale
+    torch.testing.assert_close(got, want)
+    for a, b in zip(grads, torch.autograd.grad((want * g).sum(), params)):
+        torch.testing.assert_close(a, b)
 
 
 def test_inference_cache_of_the_expanded_b_follows_updates():
