@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from nemo_peft.core.slots import AdapterSlot, SlotSpec
+from nemo_peft.modules.memory_lean_ops import rotary
 
 # A self-attention with ``linear_qkv`` = [q | k | v] and ``linear_proj`` (GPT's and T5's alike)
 FUSED_QKV_SLOTS = (
@@ -43,17 +44,27 @@ def scale_kv(block: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     return k, v
 
 
-def fused_qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries [B, heads, T, head_dim] and keys/values [B, kv_heads, T, head_dim] from ``linear_qkv``."""
-    hd = block.head_dim
-    q_size, kv_size = block.num_heads * hd, block.num_kv_heads * hd
-    q, k, v = adapted_linear(block.linear_qkv, block.lora_qkv, x).split([q_size, kv_size, kv_size], dim=-1)
-    k, v = scale_kv(block, k, v)
+def fused_qkv(block: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries [B, heads, T, head_dim] and keys/values [B, kv_heads, T, head_dim] from ``linear_qkv``;
+    with ``rope`` = (cos, sin) [B, T, head_dim], queries and keys rotated (after IA3 rescaled the keys)."""
+    hd, heads, kv_heads = block.head_dim, block.num_heads, block.num_kv_heads
+    qkv = adapted_linear(block.linear_qkv, block.lora_qkv, x)
+    b, t, _ = qkv.shape
+    qk, v = qkv.split([(heads + kv_heads) * hd, kv_heads * hd], dim=-1)
+    if block.ia3_key.active:
+        q, k = qk.split([heads * hd, kv_heads * hd], dim=-1)
+        qk = torch.cat([q, block.ia3_key(k)], dim=-1)
+    if block.ia3_value.active:
+        v = block.ia3_value(v)
     if torch.is_grad_enabled() and v.requires_grad:
         # attention keeps v for backward: a view would keep the whole [q | k | v] output alive
         v = v.contiguous()
-    return split_heads(q, block.num_heads, hd), split_heads(k, block.num_kv_heads, hd), \
-        split_heads(v, block.num_kv_heads, hd)
+    qk = qk.view(b, t, heads + kv_heads, hd)
+    if rope is not None:  # q and k in one rotation (a decoded token runs it once per layer)
+        qk = rotary(qk, rope[0][:, :, None], rope[1][:, :, None])
+    q, k = qk.split([heads, kv_heads], dim=2)
+    return q.transpose(1, 2), k.transpose(1, 2), split_heads(v, kv_heads, hd)
 
 
 def project_out(block: nn.Module, y: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ from torch import nn
 from nemo_peft.core.slots import add_adapter_slots
 from nemo_peft.modules.attention_parts import FUSED_QKV_SLOTS, fused_qkv, prepend_prefix, project_out
 from nemo_peft.modules.linear import Linear
-from nemo_peft.modules.rope import apply_rotary
 
 
 class SelfAttention(nn.Module):
@@ -36,9 +35,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rope=None, attn_mask=None, kv_cache=None):
         t = x.shape[1]
-        q, k, v = fused_qkv(self, x)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k, v = fused_qkv(self, x, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
         if self.prefix.active:

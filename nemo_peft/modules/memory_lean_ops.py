@@ -14,26 +14,19 @@ import torch.nn.functional as F
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
-    """[x1, x2] -> [x1 c1 - sign x2 s1, x2 c2 + sign x1 s2] on the halves: x * cos + rotate_half(x) * sin
-    for sign 1 (bitwise: the same products and sums, no fused multiply-add), its transpose for sign -1.
-    x * cos is the output (contiguous [B, H, T, D], whatever x's strides), the sin terms are added into its
-    halves through half-size temporaries: fewer passes over memory than the cat form, and few ops (a
-    decoded token runs this 2 x layers times)."""
+    """x * cos + rotate_half(x) * sin on the halves [x1, x2] for sign 1, i.e. [x1 c1 - x2 s1, x2 c2 + x1 s2]
+    (bitwise: the same products and sums, no fused multiply-add); its transpose [x1 c1 + x2 s2, x2 c2 - x1 s1]
+    for sign -1. The halves swap in one ``roll``: six small ops in all, which is what a decoded token pays
+    (once per layer, for q and k together); the output is dense in x's own memory order."""
     half = x.shape[-1] // 2
-    x1, x2, s1, s2 = x[..., :half], x[..., half:], sin[..., :half], sin[..., half:]
-    out = torch.mul(x, cos, out=torch.empty(_broadcast_shape(x.shape, cos.shape), dtype=x.dtype, device=x.device))
-    o1, o2 = out[..., :half], out[..., half:]
-    o1.sub_(x2 * s1) if sign > 0 else o1.add_(x2 * s2)
-    o2.add_(x1 * s2) if sign > 0 else o2.sub_(x1 * s1)
-    return out
-
-
-def _broadcast_shape(a: torch.Size, b: torch.Size) -> torch.Size:
-    """``torch.broadcast_shapes(a, b)`` without its symbolic-shape machinery (~45 us a call): ``a`` itself
-    when ``b`` broadcasts into it, the usual case (cos/sin into x)."""
-    if len(b) <= len(a) and all(m == 1 or m == n for m, n in zip(reversed(b), reversed(a))):
-        return a
-    return torch.broadcast_shapes(a, b)
+    if sign > 0:
+        r = x.roll(half, -1)  # [x2, x1]
+        r[..., :half].neg_()
+        r.mul_(sin)
+    else:
+        r = torch.mul(x, sin).roll(half, -1)  # [x2 s2, x1 s1]
+        r[..., half:].neg_()
+    return torch.mul(x, cos).add_(r)
 
 
 class _Rotary(torch.autograd.Function):

@@ -59,12 +59,20 @@ def _top_hooks():
     return top(False) if top is not None else ("unknown",)  # unknown: assume others', stay out of the way
 
 
-@contextlib.contextmanager
-def rebuilt_in_backward(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]):
+_NOTHING_TO_SAVE = contextlib.nullcontext()
+
+
+def rebuilt_in_backward(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]) -> contextlib.AbstractContextManager:
     """Within the block, autograd saves ``t`` as ``rebuild`` (called without grad in backward)."""
-    if torch.compiler.is_compiling():  # the compiler decides what to save (and recomputes cheap ops)
-        yield
-        return
+    # no autograd (a decoded token passes here twice per layer): a shared no-op, not a generator per call;
+    # under the compiler, it decides what to save (and recomputes cheap ops)
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return _NOTHING_TO_SAVE
+    return _saved_as_recipe(t, rebuild)
+
+
+@contextlib.contextmanager
+def _saved_as_recipe(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]):
     top = _top_hooks()
     ours = top is not None and top[0] is _pack
     if not (torch.is_grad_enabled() and t.is_contiguous()) or (top is not None and not ours):

@@ -6,7 +6,6 @@ import math
 import torch
 from torch import nn
 
-from nemo_peft.modules.memory_lean_ops import rotary
 
 
 def rope_inv_freq(head_dim: int, base: float, scaling: dict | None) -> torch.Tensor:
@@ -92,7 +91,3 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [B, T, D]. Rotates the two halves (the HF/NeoX layout)."""
-    return rotary(x, cos[:, None], sin[:, None])  # saves only cos/sin for backward
