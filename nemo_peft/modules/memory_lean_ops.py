@@ -64,7 +64,7 @@ class _SwiGLU(torch.autograd.Function):
         gate, up = h.chunk(2, dim=-1)
         dh = torch.empty_like(h)  # [d_gate | d_up] written in place: no cat, few temporaries
         d_gate, d_up = dh.chunk(2, dim=-1)
-        torch.mul(F.silu(gate, inplace=False), grad, out=d_up)  # d_up = grad * silu(gate)
+        torch.mul(F.silu(gate), grad, out=d_up)  # d_up = grad * silu(gate)
         # d_gate = grad * up * silu'(gate): aten's fused silu_backward, what plain autograd runs
         torch.ops.aten.silu_backward(torch.mul(grad, up), gate, grad_input=d_gate)
         return dh
