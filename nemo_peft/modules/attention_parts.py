@@ -52,11 +52,11 @@ def fused_qkv(block: nn.Module, x: torch.Tensor, rope: tuple[torch.Tensor, torch
     qkv = adapted_linear(block.linear_qkv, block.lora_qkv, x)
     b, t, _ = qkv.shape
     qk, v = qkv.split([(heads + kv_heads) * hd, kv_heads * hd], dim=-1)
-    if block.ia3_key.active:
+    if block.ia3_key.active or block.ia3_value.active:
         q, k = qk.split([heads * hd, kv_heads * hd], dim=-1)
-        qk = torch.cat([q, block.ia3_key(k)], dim=-1)
-    if block.ia3_value.active:
-        v = block.ia3_value(v)
+        k, v = scale_kv(block, k, v)
+        if block.ia3_key.active:
+            qk = torch.cat([q, k], dim=-1)
     if torch.is_grad_enabled() and v.requires_grad:
         # attention keeps v for backward: a view would keep the whole [q | k | v] output alive
         v = v.contiguous()

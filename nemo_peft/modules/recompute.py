@@ -75,7 +75,7 @@ def rebuilt_in_backward(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]) ->
 def _saved_as_recipe(t: torch.Tensor, rebuild: Callable[[], torch.Tensor]):
     top = _top_hooks()
     ours = top is not None and top[0] is _pack
-    if not (torch.is_grad_enabled() and t.is_contiguous()) or (top is not None and not ours):
+    if not t.is_contiguous() or (top is not None and not ours):  # (autograd is on: the caller checked)
         yield
         return
     entries = _entries()

@@ -84,12 +84,12 @@ class LoraAdapter(nn.Module):
         if not (torch.is_grad_enabled() and (out.requires_grad or h.requires_grad)):
             return rows.addmm_(h_rows, b_t, alpha=scale).view(out.shape)
         # under autograd never into a view of out (rows): backward would replay that as a zero-fill and
-        # copies of the whole output (~6% of a SmolLM2 training step)
-        if not out._is_view() and out.dim() == 2:
+        # copies of the whole output (~6% of a SmolLM2 training step); a host output that is a view gets a new tensor
+        if out._is_view() or out.dim() not in (2, 3):
+            return torch.addmm(rows, h_rows, b_t, alpha=scale).view(out.shape)
+        if out.dim() == 2:
             return out.addmm_(h, b_t, alpha=scale)
-        if not out._is_view() and out.dim() == 3:
-            return out.baddbmm_(h, b_t.expand(out.shape[0], -1, -1), alpha=scale)
-        return torch.addmm(rows, h_rows, b_t, alpha=scale).view(out.shape)
+        return out.baddbmm_(h, b_t.expand(out.shape[0], -1, -1), alpha=scale)
 
     def expanded_b(self, out_features: int) -> torch.Tensor:
         """B as one [out_features, P*r] matrix: B_p in rows start_p.. and columns p*r.., zeros elsewhere.
