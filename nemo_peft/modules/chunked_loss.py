@@ -45,9 +45,16 @@ def _frozen_head_block(h, y, weight, dtype, width):
     peak = torch.full((rows, 1), float("-inf"), device=h.device)
     total_exp = torch.zeros((rows, 1), device=h.device)
     weighted = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # sum_v exp(logit_v - peak) w_v
+    # The one large buffer (logits, then their exp, in place), allocated once for the whole walk: a
+    # fresh 16 MiB tensor per chunk is fresh pages from the OS each time (faulted in and zeroed).
+    buffer = torch.empty(rows * min(width, weight.shape[0]), dtype=torch.float32, device=h.device)
     for start in range(0, weight.shape[0], width):
         w = weight[start:start + width].to(dtype)
-        logits = (h @ w.T).float()  # the one large buffer: logits, then their exp, in place
+        logits = buffer[:rows * w.shape[0]].view(rows, w.shape[0])
+        if dtype == torch.float32:
+            torch.mm(h, w.T, out=logits)
+        else:
+            logits.copy_(h @ w.T)
         new_peak = torch.maximum(peak, logits.amax(dim=1, keepdim=True))
         rescale = (peak - new_peak).exp_()  # earlier sums were taken against a smaller max
         e = logits.sub_(new_peak).exp_()

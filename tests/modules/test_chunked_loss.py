@@ -51,6 +51,17 @@ def test_frozen_head_walks_the_vocabulary_in_chunks_over_all_rows():
     assert chunked_loss.vocab_chunk(3, 50, chunk_elements=28) == (3, 9)
 
 
+def test_frozen_head_allocates_its_logits_once_for_the_whole_walk():
+    # 6 chunks of 9 words over 3 rows (the last one 5 words): one [3 x 9] logits buffer, not one per chunk
+    from torch.profiler import ProfilerActivity, profile
+    hidden, weight = torch.randn(1, 3, 16, requires_grad=True), torch.randn(50, 16)
+    labels = torch.randint(0, 50, (1, 3))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        linear_cross_entropy(hidden, weight, labels, chunk_elements=28)
+    sizes = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]
+    assert sizes.count(3 * 9 * 4) == 1, sizes  # fp32 bytes of one full chunk's logits
+
+
 def test_all_rows_ignored_gives_nan_like_cross_entropy():
     hidden = torch.randn(2, 3, 4, requires_grad=True)
     labels = torch.full((2, 3), -100)
