@@ -47,7 +47,7 @@ def _frozen_head_block(h, y, weight, dtype, width):
     weighted = torch.zeros(h.shape, dtype=torch.float32, device=h.device)  # sum_v exp(logit_v - peak) w_v
     # The one large buffer (logits, then their exp, in place), allocated once for the whole walk: a
     # fresh 16 MiB tensor per chunk is fresh pages from the OS each time (faulted in and zeroed).
-    buffer = torch.empty(rows * min(width, weight.shape[0]), dtype=torch.float32, device=h.device)
+    buffer = torch.empty(rows * width, dtype=torch.float32, device=h.device)  # width <= vocab (vocab_chunk)
     for start in range(0, weight.shape[0], width):
         w = weight[start:start + width].to(dtype)
         logits = buffer[:rows * w.shape[0]].view(rows, w.shape[0])
