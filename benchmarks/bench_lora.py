@@ -26,6 +26,7 @@ from benchmarks.common import (ALPHA, LR, RANK, TARGETS, CpuMeter, Rows, Trainer
                                loss_hf, loss_ours, machine_info, make_batches, med, proc_kb, spread, timed,
                                weights_bytes, write_text)
 from benchmarks.roofline import limits_markdown, measure_limits  # noqa: E402
+from benchmarks.time_split import profile_split, where_time_goes  # noqa: E402
 
 
 def decode_ours(model, prompt, n):
@@ -135,9 +136,13 @@ def run(args):
     print(f"[4/8] greedy decoding, batch 1, prompt {args.prompt}, {n_new} new tokens", flush=True)
     base_tok = decode_pair("base")
     notes.append(f"base greedy tokens identical on both sides: {base_tok['ours'] == base_tok['hf']}")
+    splits = {}  # one extra profiled run per side of the decode, the batched generation and the training step
+    with torch.inference_mode():
+        splits["decode"] = [profile_split(lambda: dec(m.eval(), prompt, n_new))
+                            for dec, m in ((decode_ours, ours), (decode_hf, hf))]
 
     print(f"[5/8] batched greedy generation: {args.gen_batch} prompts of 20-50 tokens, {args.gen_new} new", flush=True)
-    batched_generation(args, ours, hf, row, notes)
+    splits["batched"] = batched_generation(args, ours, hf, row, notes, measured)
 
     print(f"[6/8] LoRA training step ({prec}), batch {args.batch} x {args.seq} tokens", flush=True)
     ours, hf = add_lora_ours(ours), add_lora_hf(hf)
@@ -158,8 +163,8 @@ def run(args):
     notes.append(f"memory traffic the kernel sees in a training step (fresh pages are faulted in and zeroed; on these "
                  f"VMs the cost of a fault varies over time): nemo_peft {tr['ours'].fault_note()}, "
                  f"HF+peft {tr['hf'].fault_note()}")
-    if args.profile:
-        profile(tr)
+    splits["train"] = [profile_split(tr[side].step, args.profile and f"profile of one training step: {name}")
+                       for side, name in (("ours", "nemo_peft"), ("hf", "HF+peft"))]
 
     print("[7/8] decoding with LoRA unmerged; adapter save / load", flush=True)
     unmerged = decode_pair("LoRA unmerged", lora=True)
@@ -187,7 +192,7 @@ def run(args):
     lim.absorb(limits(args, cfg))
     notes += against_limits(lim, measured, row)
     notes += background_notes(whole, train_load)
-    write_results(args, rows, notes, lim, time.perf_counter() - t_start)
+    write_results(args, rows, notes, lim, time.perf_counter() - t_start, where_time_goes(splits, measured, lim, n_new))
 
 
 def limits(args, cfg):
@@ -224,8 +229,9 @@ def against_limits(lim, measured, row):
     return beat_roof * (roof > min(measured["train"])) + under_floor * (floor > min(measured["merge"]))
 
 
-def batched_generation(args, ours, hf, row, notes):
-    """Exact-match evaluation's generation: left-padded prompts, rows ending at different steps."""
+def batched_generation(args, ours, hf, row, notes, measured):
+    """Exact-match evaluation's generation: left-padded prompts, rows ending at different steps. Returns
+    one profiled run per side (ours, HF)."""
     p = bg.make_prompts(args.gen_batch, 20, 50, ours.config.vocab_size)
     with torch.inference_mode():
         # untimed first run of each side without EOS (also their warmup): pick an EOS that rows reach at
@@ -239,9 +245,11 @@ def batched_generation(args, ours, hf, row, notes):
         fns = {"ours": lambda: bg.generate_ours(ours, p, args.gen_new, eos),
                "hf": lambda: bg.generate_hf(hf, p, args.gen_new, eos)}
         a, b = alternate(lambda side: timed(lambda: got.__setitem__(side, fns[side]())), args.gen_reps, 0)
+        profiled = [profile_split(fns[side]) for side in ("ours", "hf")]
     assert got["ours"] == got["hf"], "batched greedy generation with EOS differs: " + bg.mismatch_report(
         got["ours"], got["hf"])
     n = bg.generated_tokens(got["ours"], args.gen_new)
+    measured["batched"] = (med(a), med(b))
     row(f"batched greedy generation tok/s ({args.gen_batch} left-padded prompts of 20-50 tokens, "
         f"{args.gen_new} new, rows ending at EOS at different steps)", n / med(a), n / med(b), ".1f", True,
         spread([n / x for x in a]), spread([n / x for x in b]))
@@ -250,6 +258,7 @@ def batched_generation(args, ours, hf, row, notes):
                  f"{', '.join(map(str, done)) or 'no'} tokens), the others run all {args.gen_new}; {n} tokens "
                  f"generated per run (prompt lengths {min(p.lengths)}-{max(p.lengths)}); identical tokens on both "
                  "sides (checked, with and without EOS); tok/s = generated tokens / wall time including the prefill")
+    return profiled
 
 
 def adapter_io(args, ours, hf, ours_base, hf_base, batches, row, notes):
@@ -282,17 +291,7 @@ def adapter_io(args, ours, hf, ours_base, hf_base, batches, row, notes):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def profile(trainers):
-    from torch.profiler import ProfilerActivity, profile as prof
-    for name, tr in (("nemo_peft", trainers["ours"]), ("HF+peft", trainers["hf"])):
-        tr.step()
-        with prof(activities=[ProfilerActivity.CPU]) as p:
-            tr.step()
-        print(f"\n==== profile of one training step: {name} ====")
-        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-
-
-def write_results(args, rows, notes, lim, elapsed):
+def write_results(args, rows, notes, lim, elapsed, time_split: str = ""):
     settings = (f"model SmolLM2-135M-Instruct (GGUF, dequantized to fp32); LoRA r={RANK} alpha={ALPHA} dropout 0 on "
                 f"{', '.join(TARGETS)}; AdamW lr {LR}; train batch {args.batch} x {args.seq} tokens, "
                 f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.warmup} warmup + {args.steps} timed steps; "
@@ -313,7 +312,7 @@ def write_results(args, rows, notes, lim, elapsed):
             f"- Machine: {machine_info(args)}\n- Settings: {settings}\n- {yardstick}\n" + bullets(notes)
             + f"- Wall time of the whole benchmark: {elapsed:.0f} s ({time.strftime('%Y-%m-%d %H:%M')})\n\n"
             f"## Machine limits (measured in this run, {args.threads} threads)\n\n"
-            + limits_markdown(lim, args.batch * args.seq))
+            + limits_markdown(lim, args.batch * args.seq) + (f"\n\n{time_split}" if time_split else ""))
     write_text(args.out, text)
 
 
@@ -326,7 +325,8 @@ def parse_args(argv=None):
         ap.add_argument(flag, type=int, default=None, help=help_)
     ap.add_argument("--bf16", action="store_true", help="train under torch.autocast('cpu', bfloat16) on both sides")
     ap.add_argument("--quick", action="store_true", help="small numbers: a smoke run of a few minutes")
-    ap.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one training step")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's table of the profiled "
+                    "training step")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     ap.add_argument("--out", default=os.path.join(HERE, "results.md"), help="markdown output file")
     ap.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)  # memory subprocess
