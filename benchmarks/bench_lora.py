@@ -7,13 +7,14 @@
     python benchmarks/bench_lora.py --device cuda [--compile]   # bf16 on a CUDA GPU: runs bench_lora_cuda.py
 
 Timed work alternates between the two sides (A B, then B A, ...) so machine noise hits
-both equally. Peak memory is measured in one fresh subprocess per side. The same run measures
+both equally. Peak memory and the training step are measured in fresh subprocesses per side
+(fresh_process.py). The same run measures
 this machine's limits (benchmarks/roofline.py: matmul peak per shape, memory bandwidth) and
 reports each side against them. Writes benchmarks/results.md; see benchmarks/README.md.
 """
 from __future__ import annotations
 
-import argparse, copy, ctypes, gc, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, copy, os, shutil, sys, tempfile, time
 
 import torch
 
@@ -23,9 +24,10 @@ sys.path.insert(0, os.path.dirname(HERE))  # the checkout: nemo_peft (even if no
 from benchmarks import batched_generation as bg  # noqa: E402
 from benchmarks.common import (ALPHA, LR, RANK, TARGETS, CpuMeter, Rows, Trainer, add_lora_hf,  # noqa: E402
                                add_lora_ours, alternate, background_notes, bullets, dir_bytes, load_hf, load_ours,
-                               loss_hf, loss_ours, machine_info, make_batches, med, proc_kb, spread, timed,
+                               loss_hf, loss_ours, machine_info, make_batches, med, spread, timed,
                                weights_bytes, write_text)
 from benchmarks.roofline import limits_markdown, measure_limits  # noqa: E402
+from benchmarks.fresh_process import child_main, memory_runs, train_runs  # noqa: E402
 from benchmarks.time_split import profile_split, where_time_goes  # noqa: E402
 
 
@@ -38,54 +40,6 @@ def decode_hf(model, prompt, n):
     out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                          max_new_tokens=n, min_new_tokens=n, pad_token_id=2)
     return out[0, prompt.shape[1]:].tolist()
-
-
-# ---------------------------------------------------------------- memory (own subprocess per side)
-def mem_child(args):
-    """Peak RSS of the training loop alone: reset the kernel's high-water mark after setup."""
-    torch.set_num_threads(args.threads)
-    ours = args.child == "ours"
-    model = add_lora_ours(load_ours()) if ours else add_lora_hf(load_hf())
-    if args.recompute:  # activation checkpointing, each side its own way
-        if ours:
-            model.set_activation_checkpointing(True)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    batches = make_batches(2, args.batch, args.seq, model.config.vocab_size)
-    tr = Trainer(model, loss_ours if ours else loss_hf, batches, "cpu" if args.bf16 else None)
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed loader buffers back so they are not reused silently
-    base = proc_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM (peak RSS) to the current RSS
-        f.write("5")
-    for _ in range(2):  # step 1 creates AdamW state; step 2 runs backward with that state alive
-        tr.step()
-    peak = proc_kb("VmHWM")
-    print("RESULT " + json.dumps({"base_mib": base / 1024, "peak_mib": peak / 1024,
-                                  "increase_mib": (peak - base) / 1024}), flush=True)
-
-
-def measure_memory(side, args, recompute=False):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--seq", str(args.seq),
-           "--batch", str(args.batch), "--threads", str(args.threads)] + (["--bf16"] if args.bf16 else []) \
-        + (["--recompute"] if recompute else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"memory child {side} failed:\n{out.stderr[-3000:]}")
-
-
-def memory_runs(args, recompute):
-    """Each side's peak-RSS figures over ``args.mem_reps`` fresh subprocesses, sides alternating: a run's
-    peak depends on how glibc happened to reuse freed blocks (the same step measured 620 to 940 MiB of
-    increase on one machine), so one run is not a measurement."""
-    runs = {"ours": {}, "hf": {}}
-    for _ in range(args.mem_reps):
-        for side in runs:
-            for k, v in measure_memory(side, args, recompute).items():
-                runs[side].setdefault(k, []).append(v)
-    return runs
 
 
 # ---------------------------------------------------------------- main benchmark
@@ -149,22 +103,27 @@ def run(args):
     n_tr = (sum(p.numel() for p in ours.parameters() if p.requires_grad),
             sum(p.numel() for p in hf.parameters() if p.requires_grad))
     notes.append(f"trainable parameters: nemo_peft {n_tr[0]:,}, HF+peft {n_tr[1]:,}")
-    batches = make_batches(args.warmup + args.steps, args.batch, args.seq, vocab)
-    ac = "cpu" if args.bf16 else None
-    tr = {"ours": Trainer(ours, loss_ours, batches, ac), "hf": Trainer(hf, loss_hf, batches, ac)}
     train_meter = CpuMeter()
-    a, b = alternate(lambda side: tr[side].step(), args.steps, args.warmup)
+    runs = train_runs(args)  # fresh processes: the heap this process has grown is not the step's business
     train_load = train_meter.others()
+    a, b = runs["ours"]["times"], runs["hf"]["times"]
     row(f"train tokens/s ({prec})", tokens / med(a), tokens / med(b), ".0f", True)
     row("train step time, s (median)", med(a), med(b), ".3f", False, spread(a), spread(b))
     measured["train"] = (med(a), med(b))
-    notes.append(f"first-step loss (LoRA B=0, so equal to the base model's): nemo_peft {tr['ours'].losses[0]:.5f}, "
-                 f"HF+peft {tr['hf'].losses[0]:.5f}")
-    notes.append(f"memory traffic the kernel sees in a training step (fresh pages are faulted in and zeroed; on these "
-                 f"VMs the cost of a fault varies over time): nemo_peft {tr['ours'].fault_note()}, "
-                 f"HF+peft {tr['hf'].fault_note()}")
-    splits["train"] = [profile_split(tr[side].step, args.profile and f"profile of one training step: {name}")
-                       for side, name in (("ours", "nemo_peft"), ("hf", "HF+peft"))]
+    notes.append(f"training steps: {args.train_procs} fresh processes per side, alternating, {args.warmup} untimed "
+                 f"+ {len(a) // args.train_procs} timed steps each ({len(a)} timed steps per side)")
+    notes.append(f"first-step loss (LoRA B=0, so equal to the base model's): nemo_peft {runs['ours']['first_loss']:.5f}"
+                 f", HF+peft {runs['hf']['first_loss']:.5f}")
+    notes.append("memory traffic the kernel sees in a training step (fresh pages are faulted in and zeroed; on these "
+                 "VMs the cost of a fault varies over time), median per step: " + ", ".join(
+                     f"{name} {med(runs[s]['faults']):,.0f} page faults and {med(runs[s]['sys_s']):.2f} s of kernel CPU"
+                     for s, name in (("ours", "nemo_peft"), ("hf", "HF+peft"))))
+    splits["train"] = [runs["ours"]["split"], runs["hf"]["split"]]
+    # a few steps here too, so the adapters saved, reloaded and merged below are trained (B != 0)
+    batches = make_batches(2, args.batch, args.seq, vocab)
+    for model, loss_fn in ((ours, loss_ours), (hf, loss_hf)):
+        trainer = Trainer(model, loss_fn, batches, "cpu" if args.bf16 else None)
+        trainer.step(), trainer.step()
 
     print("[7/8] decoding with LoRA unmerged; adapter save / load", flush=True)
     unmerged = decode_pair("LoRA unmerged", lora=True)
@@ -294,7 +253,8 @@ def adapter_io(args, ours, hf, ours_base, hf_base, batches, row, notes):
 def write_results(args, rows, notes, lim, elapsed, time_split: str = ""):
     settings = (f"model SmolLM2-135M-Instruct (GGUF, dequantized to fp32); LoRA r={RANK} alpha={ALPHA} dropout 0 on "
                 f"{', '.join(TARGETS)}; AdamW lr {LR}; train batch {args.batch} x {args.seq} tokens, "
-                f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.warmup} warmup + {args.steps} timed steps; "
+                f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.warmup} warmup + ~{args.steps} timed steps per side in {args.train_procs} fresh "
+                f"processes; "
                 f"decode batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, {args.decode_reps} timed runs; "
                 f"batched generation {args.gen_batch} prompts, {args.gen_new} new tokens, {args.gen_reps} timed runs "
                 f"after one untimed run; save/load {args.io_reps}, merge {args.merge_reps} timed runs; peak RSS: median "
@@ -329,7 +289,9 @@ def parse_args(argv=None):
                     "training step")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (2)")
     ap.add_argument("--out", default=os.path.join(HERE, "results.md"), help="markdown output file")
-    ap.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)  # memory subprocess
+    ap.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)  # a fresh_process child
+    ap.add_argument("--child-task", choices=["memory", "train"], default="memory", help=argparse.SUPPRESS)
+    ap.add_argument("--child-steps", type=int, default=0, help=argparse.SUPPRESS)  # train child: timed steps
     ap.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)  # child: activation checkpointing
     args = ap.parse_args(argv)
     q = args.quick
@@ -340,6 +302,7 @@ def parse_args(argv=None):
     args.decode_reps, args.io_reps, args.merge_reps, args.gen_reps = (1, 2, 2, 1) if q else (3, 5, 5, 5)
     args.gen_batch, args.gen_new = 25, 16
     args.mem_reps = 1 if q else 3
+    args.train_procs = 1 if q else 3
     return args
 
 
@@ -351,7 +314,7 @@ def main(argv=None):
         from benchmarks import bench_lora_cuda
         return bench_lora_cuda.main(argv)
     args = parse_args(argv)
-    mem_child(args) if args.child else run(args)
+    child_main(args) if args.child else run(args)
 
 
 if __name__ == "__main__":
