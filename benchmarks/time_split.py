@@ -159,8 +159,10 @@ def decode_verdict(ours: Split, tokens: int, tok_s: float, bound_tok_s: float, t
     budget = bound_ms / target - gemv_ms
     return (f"batch-1 decode, nemo_peft: the weight products (GEMVs) take {gemv_ms:.1f} ms of a {token_ms:.1f} ms "
             f"token, against {bound_ms:.1f} ms for reading the weights at the measured GEMV bandwidth (the bound); "
-            f"{100 * target:.0f}% of the bound is {bound_ms / target:.1f} ms a token, which leaves {budget:.1f} ms "
-            f"for everything else; that takes {token_ms - gemv_ms:.1f} ms now (~{ours.calls / tokens:.0f} "
+            f"{100 * target:.0f}% of the bound is {bound_ms / target:.1f} ms a token, "
+            + (f"which leaves {budget:.1f} ms for everything else; " if budget >= 0 else
+               f"which the GEMVs alone already exceed by {-budget:.1f} ms; ")
+            + f"everything else takes {token_ms - gemv_ms:.1f} ms now (~{ours.calls / tokens:.0f} "
             f"operator calls a token, nested ones included).")
 
 

@@ -73,3 +73,5 @@ def test_verdicts_say_which_target_binds_and_the_ceiling():
     # decode: 20 tok/s = 50 ms a token, GEMVs 0.6 s over 20 tokens = 30 ms; bound 30 tok/s = 33.3 ms; 80% -> 41.7
     d = ts.decode_verdict(s, 20, 20.0, 30.0)
     assert "take 30.0 ms of a 50.0 ms token" in d and "which leaves 11.7 ms" in d and "takes 20.0 ms now" in d
+    slow = ts.decode_verdict(s, 12, 20.0, 30.0)  # 50 ms of GEMVs a token: over the 41.7 ms of 80% of the bound
+    assert "which the GEMVs alone already exceed by 8.3 ms" in slow and "leaves" not in slow
