@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """LoRA benchmark: nemo_peft vs Hugging Face transformers + peft on SmolLM2-135M-Instruct (CPU).
 
-    python benchmarks/bench_lora.py            # full run (~12 min on 2 cores)
+    python benchmarks/bench_lora.py            # full run (~20-25 min on 2 cores)
     python benchmarks/bench_lora.py --quick    # smoke run (a few minutes)
     python benchmarks/bench_lora.py --bf16     # training under torch.autocast("cpu", bfloat16)
     python benchmarks/bench_lora.py --device cuda [--compile]   # bf16 on a CUDA GPU: runs bench_lora_cuda.py
