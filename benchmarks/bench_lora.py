@@ -14,7 +14,7 @@ reports each side against them. Writes benchmarks/results.md; see benchmarks/REA
 """
 from __future__ import annotations
 
-import argparse, copy, os, shutil, sys, tempfile, time
+import argparse, copy, math, os, shutil, sys, tempfile, time
 
 import torch
 
@@ -110,8 +110,6 @@ def run(args):
     row(f"train tokens/s ({prec})", tokens / med(a), tokens / med(b), ".0f", True)
     row("train step time, s (median)", med(a), med(b), ".3f", False, spread(a), spread(b))
     measured["train"] = (med(a), med(b))
-    notes.append(f"training steps: {args.train_procs} fresh processes per side, alternating, {args.warmup} untimed "
-                 f"+ {len(a) // args.train_procs} timed steps each ({len(a)} timed steps per side)")
     notes.append(f"first-step loss (LoRA B=0, so equal to the base model's): nemo_peft {runs['ours']['first_loss']:.5f}"
                  f", HF+peft {runs['hf']['first_loss']:.5f}")
     notes.append("memory traffic the kernel sees in a training step (fresh pages are faulted in and zeroed; on these "
@@ -253,8 +251,8 @@ def adapter_io(args, ours, hf, ours_base, hf_base, batches, row, notes):
 def write_results(args, rows, notes, lim, elapsed, time_split: str = ""):
     settings = (f"model SmolLM2-135M-Instruct (GGUF, dequantized to fp32); LoRA r={RANK} alpha={ALPHA} dropout 0 on "
                 f"{', '.join(TARGETS)}; AdamW lr {LR}; train batch {args.batch} x {args.seq} tokens, "
-                f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.warmup} warmup + ~{args.steps} timed steps per side in {args.train_procs} fresh "
-                f"processes; "
+                f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.train_procs} fresh processes per side, alternating, "
+                f"each {args.warmup} warmup + {args.steps_per_proc} timed steps; "
                 f"decode batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, {args.decode_reps} timed runs; "
                 f"batched generation {args.gen_batch} prompts, {args.gen_new} new tokens, {args.gen_reps} timed runs "
                 f"after one untimed run; save/load {args.io_reps}, merge {args.merge_reps} timed runs; peak RSS: median "
@@ -303,6 +301,7 @@ def parse_args(argv=None):
     args.gen_batch, args.gen_new = 25, 16
     args.mem_reps = 1 if q else 3
     args.train_procs = 1 if q else 3
+    args.steps_per_proc = math.ceil(args.steps / args.train_procs)  # so about args.steps timed steps per side
     return args
 
 

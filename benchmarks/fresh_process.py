@@ -12,7 +12,7 @@ The child is bench_lora.py itself with ``--child ours|hf`` (and ``--child-task``
 """
 from __future__ import annotations
 
-import ctypes, dataclasses, gc, json, math, os, subprocess, sys
+import ctypes, dataclasses, gc, json, os, subprocess, sys
 
 import torch
 
@@ -93,14 +93,13 @@ def memory_runs(args, recompute: bool) -> dict:
 
 
 def train_runs(args) -> dict:
-    """Each side's step times over ``args.train_procs`` fresh subprocesses (ours hf, hf ours, ...), about
-    ``args.steps`` timed steps per side in all; with the page faults and kernel CPU of each step, the
+    """Each side's step times over ``args.train_procs`` fresh subprocesses (ours hf, hf ours, ...),
+    ``args.steps_per_proc`` timed steps each; with the page faults and kernel CPU of each step, the
     first-step loss, and the last child's profiled step (a ``Split``)."""
-    per = math.ceil(args.steps / args.train_procs)
     runs = {"ours": {"times": [], "faults": [], "sys_s": []}, "hf": {"times": [], "faults": [], "sys_s": []}}
     for i in range(args.train_procs):
         for side in ("ours", "hf") if i % 2 == 0 else ("hf", "ours"):
-            got = run_child(side, args, "train", steps=per)
+            got = run_child(side, args, "train", steps=args.steps_per_proc)
             for k in ("times", "faults", "sys_s"):
                 runs[side][k] += got[k]
             runs[side]["first_loss"] = got["first_loss"]

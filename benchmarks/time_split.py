@@ -9,20 +9,13 @@ its roofline if everything but its matmuls took no time at all.
 """
 from __future__ import annotations
 
-import time
+import math, time
 from dataclasses import dataclass, field
 
 # operators that multiply matrices; an in-place variant (``addmm_``) counts as its base name
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv",
               "aten::_addmm_activation", "mkldnn::_linear_pointwise"}
 ATTENTION_PREFIX = "aten::_scaled_dot_product"  # SDPA's flash / efficient / math kernels, forward and backward
-
-
-def _prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
 
 
 def matmul_flops(name: str, shapes: list) -> float:
@@ -34,21 +27,21 @@ def matmul_flops(name: str, shapes: list) -> float:
         elif base in ("aten::addmm", "aten::baddbmm", "aten::_addmm_activation"):
             a, b = shapes[1], shapes[2]
         elif base == "aten::mv":
-            return 2.0 * _prod(shapes[0])
+            return 2.0 * math.prod(shapes[0])
         elif base == "aten::addmv":
-            return 2.0 * _prod(shapes[1])
+            return 2.0 * math.prod(shapes[1])
         elif base == "mkldnn::_linear_pointwise":  # x [..., k] times weight [n, k]
             x, w = shapes[0], shapes[1]
-            return 2.0 * _prod(x) * w[0]
+            return 2.0 * math.prod(x) * w[0]
         else:
             return 0.0
-        return 2.0 * _prod(a[:-1]) * b[-1] * a[-1] if len(a) == len(b) else 0.0
+        return 2.0 * math.prod(a[:-1]) * b[-1] * a[-1] if len(a) == len(b) else 0.0
     except (IndexError, TypeError):
         return 0.0
 
 
 def kind_of(name: str) -> str:
-    if name in MATMUL_OPS or name.rstrip("_") in MATMUL_OPS:
+    if name.rstrip("_") in MATMUL_OPS:
         return "matmul"
     if name.startswith(ATTENTION_PREFIX):
         return "attention"
