@@ -29,6 +29,7 @@ from benchmarks.common import (ALPHA, LR, RANK, TARGETS, CpuMeter, Rows, Trainer
 from benchmarks.roofline import limits_markdown, measure_limits  # noqa: E402
 from benchmarks.fresh_process import child_main, memory_runs, train_runs  # noqa: E402
 from benchmarks.time_split import profile_split, where_time_goes  # noqa: E402
+from benchmarks.narrow_twin import per_token_ms  # noqa: E402
 
 
 def decode_ours(model, prompt, n):
@@ -90,6 +91,11 @@ def run(args):
     print(f"[4/8] greedy decoding, batch 1, prompt {args.prompt}, {n_new} new tokens", flush=True)
     base_tok = decode_pair("base")
     notes.append(f"base greedy tokens identical on both sides: {base_tok['ours'] == base_tok['hf']}")
+    a, b, same = per_token_ms(args, ours, decode_ours, decode_hf, n_new)
+    row("batch-1 decode, ms a token besides reading the weights (narrow twin: the same layers and operators, "
+        "~1000x fewer weight bytes)", med(a), med(b), ".1f", False, spread(a), spread(b))
+    measured["twin overhead"] = (med(a), med(b))
+    notes.append(f"narrow twin (benchmarks/narrow_twin.py): greedy tokens identical on both sides: {same}")
     splits = {}  # one extra profiled run per side of the decode, the batched generation and the training step
     with torch.inference_mode():
         splits["decode"] = [profile_split(lambda: dec(m.eval(), prompt, n_new))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math, time
 from dataclasses import dataclass, field
 
+from benchmarks.narrow_twin import overhead_verdict
+
 # operators that multiply matrices; an in-place variant (``addmm_``) counts as its base name
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv", "aten::addmv",
               "aten::_addmm_activation", "mkldnn::_linear_pointwise"}
@@ -177,6 +179,7 @@ def where_time_goes(splits, measured, lim, decode_tokens: int) -> str:
     (a, b), (tok_a, _, lora), (ga, gb) = measured["train"], measured["decode base"], measured["batched"]
     verdicts = [train_verdict(ours["train"], a, b, lim.roofline_s(), lim.flops / lim.roofline_s() / 1e9),
                 decode_verdict(ours["decode"], decode_tokens, tok_a, lim.decode_bound(lora)),
+                overhead_verdict(*measured["twin overhead"], lim.decode_bound(lora)),
                 ceiling_verdict("batched generation", ours["batched"], ga, gb, 2.0),
                 ceiling_verdict("training step", ours["train"], a, b, 1.25)]
     return ("## Where the time goes (torch.profiler: one extra run per side, not among the timed ones)\n\n"
