@@ -91,10 +91,10 @@ def run(args):
     print(f"[4/8] greedy decoding, batch 1, prompt {args.prompt}, {n_new} new tokens", flush=True)
     base_tok = decode_pair("base")
     notes.append(f"base greedy tokens identical on both sides: {base_tok['ours'] == base_tok['hf']}")
-    a, b, same = per_token_ms(args, ours, decode_ours, decode_hf, n_new)
+    a, b, same, shrink = per_token_ms(args, ours, decode_ours, decode_hf, n_new)
     row("batch-1 decode, ms a token besides reading the weights (narrow twin: the same layers and operators, "
-        "~1000x fewer weight bytes)", med(a), med(b), ".1f", False, spread(a), spread(b))
-    measured["twin overhead"] = (med(a), med(b))
+        f"{shrink:.0f}x fewer weight bytes)", med(a), med(b), ".1f", False, spread(a), spread(b))
+    measured["twin overhead"] = (med(a), med(b), shrink)
     notes.append(f"narrow twin (benchmarks/narrow_twin.py): greedy tokens identical on both sides: {same}")
     splits = {}  # one extra profiled run per side of the decode, the batched generation and the training step
     with torch.inference_mode():

@@ -41,7 +41,8 @@ def decode_step_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def weight_blocks(weight: torch.Tensor, k: int) -> torch.Tensor | None:
     """``weight`` [out, in] as k blocks of out/k output rows, [k, in, out/k] (a view, no copy), or None
-    when it does not split evenly, is small enough to gain nothing, or is neither row- nor column-major."""
+    when it does not split evenly, is LM-head sized (oneDNN streams those faster) or is neither row- nor
+    column-major."""
     out_f, in_f = weight.shape
     if k < 2 or out_f % k or weight.numel() > SPLIT_GEMV_MAX_WEIGHTS:
         return None

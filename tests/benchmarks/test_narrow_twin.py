@@ -31,21 +31,22 @@ def test_twin_runs_the_same_operators_on_far_fewer_weights():
                 "rotary_base", "position_embedding_type", "share_embeddings_and_output_weights"):
         assert getattr(twin.config, key) == getattr(model.config, key)
     assert twin.config.hidden_size == 6 * nt.HEAD_DIM and twin.config.vocab_size == nt.VOCAB
-    weights = lambda m: sum(p.numel() for p in m.parameters())
-    assert weights(twin) * 20 < weights(model)
+    assert nt.weight_bytes(model) / nt.weight_bytes(twin) > 20
     assert decode_step_ops(twin) == decode_step_ops(model)  # the same calls, as many of each
 
 
 @pytest.mark.slow
 def test_both_twins_decode_the_same_tokens():
     args = types.SimpleNamespace(prompt=6, decode_reps=1)
-    a, b, same = nt.per_token_ms(args, make_model("llama", **GQA), decode_ours, decode_hf, tokens=4)
+    model = make_model("llama", **GQA)
+    a, b, same, shrink = nt.per_token_ms(args, model, decode_ours, decode_hf, tokens=4)
     assert len(a) == len(b) == 1 and min(a + b) > 0
     assert same
+    assert shrink == nt.weight_bytes(model) / nt.weight_bytes(nt.narrow_twin(model))
 
 
 def test_overhead_verdict_arithmetic():
-    text = nt.overhead_verdict(15.0, 12.0, bound_tok_s=40.0)  # the bound: 25 ms a token
-    assert "nemo_peft 15.0 ms, HF+peft 12.0 ms" in text
+    text = nt.overhead_verdict(15.0, 12.0, shrink=155.2, bound_tok_s=40.0)  # the bound: 25 ms a token
+    assert "155x fewer weight bytes): nemo_peft 15.0 ms, HF+peft 12.0 ms" in text
     assert "(25.0 ms a token), ours would reach 62% of the bound" in text  # 25 / (25 + 15)
     assert "80% allows 6.2 ms" in text  # 25 / 0.8 - 25 = 6.25
