@@ -27,16 +27,12 @@ def narrow_twin(ours):
     return type(ours)(narrow).eval()
 
 
-def weight_bytes(model) -> int:
-    """Bytes of the weight matrices a decoded token reads (embedding / LM head included)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.dim() == 2)
-
-
 def per_token_ms(args, ours, decode_ours, decode_hf, tokens: int) -> tuple[list, list, bool, float]:
     """Batch-1 greedy decode of ``tokens`` new tokens after an ``args.prompt``-token prompt on both twins,
     alternated (``decode_ours``/``decode_hf``: bench_lora's). Returns the ms per token of each timed run
     (ours, HF), whether the two sides' tokens agree, and how many times fewer weight bytes the twin has."""
     from benchmarks.common import alternate, hf_twin, timed
+    from benchmarks.roofline import decode_bytes  # the weight bytes the decode bound counts
     twin = narrow_twin(ours)
     hf = hf_twin(twin)
     prompt = torch.randint(3, VOCAB, (1, args.prompt), generator=torch.Generator().manual_seed(2))
@@ -47,7 +43,7 @@ def per_token_ms(args, ours, decode_ours, decode_hf, tokens: int) -> tuple[list,
         return 1e3 * timed(lambda: got.__setitem__(side, dec(m, prompt, tokens))) / tokens
     with torch.inference_mode():
         a, b = alternate(fn, args.decode_reps, 1)
-    return a, b, got["ours"] == got["hf"], weight_bytes(ours) / weight_bytes(twin)
+    return a, b, got["ours"] == got["hf"], decode_bytes(ours.config) / decode_bytes(twin.config)
 
 
 def overhead_verdict(ours_ms: float, hf_ms: float, shrink: float, bound_tok_s: float, target: float = 0.8) -> str:

@@ -7,6 +7,7 @@ import torch
 
 from benchmarks import narrow_twin as nt
 from benchmarks.bench_lora import decode_hf, decode_ours
+from benchmarks.roofline import decode_bytes
 from tests.helpers import make_model
 
 GQA = dict(num_layers=3, num_attention_heads=6, num_query_groups=2, hidden_size=192, ffn_hidden_size=512,
@@ -31,7 +32,7 @@ def test_twin_runs_the_same_operators_on_far_fewer_weights():
                 "rotary_base", "position_embedding_type", "share_embeddings_and_output_weights"):
         assert getattr(twin.config, key) == getattr(model.config, key)
     assert twin.config.hidden_size == 6 * nt.HEAD_DIM and twin.config.vocab_size == nt.VOCAB
-    assert nt.weight_bytes(model) / nt.weight_bytes(twin) > 20
+    assert decode_bytes(model.config) / decode_bytes(twin.config) > 20
     assert decode_step_ops(twin) == decode_step_ops(model)  # the same calls, as many of each
 
 
@@ -42,7 +43,7 @@ def test_both_twins_decode_the_same_tokens():
     a, b, same, shrink = nt.per_token_ms(args, model, decode_ours, decode_hf, tokens=4)
     assert len(a) == len(b) == 1 and min(a + b) > 0
     assert same
-    assert shrink == nt.weight_bytes(model) / nt.weight_bytes(nt.narrow_twin(model))
+    assert shrink == decode_bytes(model.config) / decode_bytes(nt.narrow_twin(model).config)
 
 
 def test_overhead_verdict_arithmetic():
