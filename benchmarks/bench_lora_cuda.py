@@ -127,6 +127,25 @@ def attention_ops(trainer) -> str:
     return ", ".join(sorted(ops)) or "none (attention ran as plain matmuls)"
 
 
+def profile_step(trainer, device: str, side: str, rows: int = 30) -> None:
+    """--profile: torch.profiler's table of one training step (operators by device time), and how much of the
+    step's wall time the device was busy running kernels."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.device(device).type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        trainer.step()
+        wall = time.perf_counter() - t
+    avg = prof.key_averages()
+    print(f"--- {side}: one step, {1e3 * wall:.1f} ms wall")
+    print(avg.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=rows))
+    if cuda:
+        busy = sum(e.self_device_time_total for e in avg) / 1e6
+        launches = sum(e.count for e in avg if e.device_type == torch.autograd.DeviceType.CUDA)
+        print(f"--- {side}: kernels {1e3 * busy:.1f} ms of the step's {1e3 * wall:.1f} ms ({launches} kernel launches)")
+
+
 def bench_model(name, args, peak_tflops, rows, notes):
     from benchmarks.common import RANK, TARGETS, Trainer, alternate, loss_hf, loss_ours, make_batches, med, spread
     from benchmarks.roofline import measure_peaks, roofline_seconds, total_flops, train_matmuls
@@ -146,6 +165,9 @@ def bench_model(name, args, peak_tflops, rows, notes):
     flops, tokens = total_flops(mms), args.batch * args.seq
     mem = {side: peak_memory(tr[side], args.device) for side in ("ours", "hf")}
     attn = {side: attention_ops(tr[side]) for side in ("ours", "hf")}
+    if args.profile:
+        for side in ("ours", "hf"):
+            profile_step(tr[side], args.device, f"{name} {side}")
     weights = ("tiny, random" if args.tiny else
                "GGUF weights" if name == "smollm2" and gguf_installed() else "random weights")
     tag = f"{name} ({weights})"
@@ -232,6 +254,7 @@ def parse(argv=None):
     ap.add_argument("--model", choices=["smollm2", "llama-1b", "both"], default="both")
     ap.add_argument("--tiny", action="store_true", help="tiny random models of both families (smoke test)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (opt-in)")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's table of one step per side")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (8; --tiny 2)")
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (1024; --tiny 32)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per side (20; --tiny 2)")
