@@ -160,7 +160,9 @@ def bench_model(name, args, peak_tflops, rows, notes):
     tr = {"ours": Trainer(models["ours"], loss_ours, batches, args.autocast, fused),
           "hf": Trainer(models["hf"], loss_hf, batches, args.autocast, fused)}
     a, b = alternate(lambda side: tr[side].step(), args.steps, args.warmup)
-    mms = train_matmuls(cfg, args.batch, args.seq, RANK, TARGETS)
+    from benchmarks.roofline import lm_head_chunk
+    lm_chunk = lm_head_chunk(cfg, args.batch * (args.seq - 1), args.device)  # the LM-head matmuls as run here
+    mms = train_matmuls(cfg, args.batch, args.seq, RANK, TARGETS, lm_chunk=lm_chunk)
     roof = roofline_seconds(mms, measure_peaks(mms, torch.bfloat16, args.device, 3 if args.tiny else 5))
     flops, tokens = total_flops(mms), args.batch * args.seq
     mem = {side: peak_memory(tr[side], args.device) for side in ("ours", "hf")}

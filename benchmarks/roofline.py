@@ -70,10 +70,11 @@ def linear_shapes(cfg) -> dict[str, tuple[int, int]]:
             "linear_fc1": (cfg.hidden_size, fc1), "linear_fc2": (f, cfg.hidden_size)}
 
 
-def lm_head_chunk(cfg, rows: int) -> tuple[int, int]:
-    """(rows per block, vocabulary entries per chunk) of our chunked loss on a frozen head (its default)."""
-    from nemo_peft.modules.chunked_loss import vocab_chunk
-    return vocab_chunk(rows, cfg.vocab_size)
+def lm_head_chunk(cfg, rows: int, device: str = "cpu") -> tuple[int, int]:
+    """(rows per block, vocabulary entries per chunk) of our chunked loss on a frozen head (its default on
+    ``device``)."""
+    from nemo_peft.modules.chunked_loss import default_chunk_elements, vocab_chunk
+    return vocab_chunk(rows, cfg.vocab_size, default_chunk_elements(device))
 
 
 def train_matmuls(cfg, batch: int, seq: int, rank: int, targets, label_rows: int | None = None,

@@ -51,6 +51,20 @@ def test_frozen_head_walks_the_vocabulary_in_chunks_over_all_rows():
     assert chunked_loss.vocab_chunk(3, 50, chunk_elements=28) == (3, 9)
 
 
+def test_default_chunk_is_small_on_a_cpu_and_large_on_an_accelerator(monkeypatch):
+    # a 1B Llama's 128k head over 8k rows: 252 chunks at the CPU size, 16 at the accelerator's (kernel launches)
+    assert chunked_loss.default_chunk_elements("cpu") == chunked_loss.CHUNK_ELEMENTS
+    assert chunked_loss.default_chunk_elements("cuda") == chunked_loss.ACCELERATOR_CHUNK_ELEMENTS
+    for elements, chunks in ((chunked_loss.CHUNK_ELEMENTS, 252), (chunked_loss.ACCELERATOR_CHUNK_ELEMENTS, 16)):
+        block, width = chunked_loss.vocab_chunk(8184, 128256, elements)
+        assert -(-8184 // block) * -(-128256 // width) == chunks
+    seen, vocab_chunk = [], chunked_loss.vocab_chunk
+    monkeypatch.setattr(chunked_loss, "vocab_chunk", lambda *a: seen.append(a[2]) or vocab_chunk(*a))
+    hidden, weight, labels = torch.randn(2, 3, 8), torch.randn(10, 8), torch.randint(0, 10, (2, 3))
+    linear_cross_entropy(hidden, weight, labels)  # no chunk_elements: the device's default
+    assert seen == [chunked_loss.CHUNK_ELEMENTS]
+
+
 def test_frozen_head_allocates_its_logits_once_for_the_whole_walk():
     # 6 chunks of 9 words over 3 rows (the last one 5 words): one [3 x 9] logits buffer, not one per chunk
     from torch.profiler import ProfilerActivity, profile
