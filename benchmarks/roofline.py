@@ -124,14 +124,20 @@ def total_flops(mms) -> float:
 
 # ---------------------------------------------------------------- measuring
 def _operands(mm: Mm, m: int, dtype, device):
+    """The product as ``fn(out)`` with its output buffer, and the same product through oneDNN's linear where
+    nemo_peft runs such products there (fp32 "nt"/"nn" products on an x86 CPU; else None)."""
+    from nemo_peft.modules.linear import ONEDNN_LINEAR
     g = torch.Generator(device=device).manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, device=device).to(dtype)  # noqa: E731
     if mm.layout == "bmm":
         a, b = r(mm.batch, m, mm.k), r(mm.batch, mm.k, mm.n)
-        return lambda out: torch.bmm(a, b, out=out), torch.empty(mm.batch, m, mm.n, dtype=dtype, device=device)
+        return lambda out: torch.bmm(a, b, out=out), torch.empty(mm.batch, m, mm.n, dtype=dtype, device=device), None
     a = r(mm.k, m).t() if mm.layout == "tn" else r(m, mm.k)
     b = r(mm.n, mm.k).t() if mm.layout == "nt" else r(mm.k, mm.n)
-    return lambda out: torch.mm(a, b, out=out), torch.empty(m, mm.n, dtype=dtype, device=device)
+    onednn = None
+    if ONEDNN_LINEAR and mm.layout in ("nt", "nn") and dtype == torch.float32 and torch.device(device).type == "cpu":
+        onednn = lambda: torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")  # noqa: E731
+    return lambda out: torch.mm(a, b, out=out), torch.empty(m, mm.n, dtype=dtype, device=device), onednn
 
 
 def _sync(device):
@@ -139,32 +145,40 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _best_seconds(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_gflops(mm: Mm, dtype=torch.float32, device="cpu", reps: int = 5, budget_s: float = 0.5) -> float:
     """GFLOP/s of one product of ``mm``'s shape and layout: the best of at least ``reps`` runs (more,
-    up to 20, while they fit in ``budget_s``) after a warmup. When one product would take longer than
-    ``budget_s / 4`` (e.g. bf16 on a CPU without bf16 units), the leading dimension is cut so that it
-    does not, and the rate of the smaller product is reported."""
+    up to 20, while they fit in ``budget_s``) after a warmup, of torch.mm and, where nemo_peft runs such
+    products through oneDNN (modules/linear.py), of oneDNN too: the yardstick is the faster library. When one
+    product would take longer than ``budget_s / 4`` (e.g. bf16 on a CPU without bf16 units), the leading
+    dimension is cut so that it does not, and the rate of the smaller product is reported."""
     m = mm.m
-    fn, out = _operands(mm, m, dtype, device)
+    fn, out, onednn = _operands(mm, m, dtype, device)
     t = time.perf_counter()
     fn(out)
     _sync(device)
     dt = time.perf_counter() - t
     if dt > budget_s / 4 and m > 8:
         m = max(8, int(m * budget_s / 4 / dt))
-        fn, out = _operands(mm, m, dtype, device)
+        fn, out, onednn = _operands(mm, m, dtype, device)
         t = time.perf_counter()
         fn(out)
         _sync(device)
         dt = time.perf_counter() - t
     per = 2.0 * m * mm.k * mm.n * mm.batch
-    best = float("inf")
-    for _ in range(max(reps, min(20, int(budget_s / max(dt, 1e-9))))):
-        _sync(device)
-        t = time.perf_counter()
-        fn(out)
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
+    reps = max(reps, min(20, int(budget_s / max(dt, 1e-9))))
+    best = _best_seconds(lambda: (fn(out), _sync(device)), reps)
+    if onednn is not None:
+        onednn()  # warmup (its first call sets up the primitive)
+        best = min(best, _best_seconds(onednn, reps))
     return per / best / 1e9
 
 

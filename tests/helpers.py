@@ -173,3 +173,13 @@ def predict(model, adapter, tiny_task, tmp_path):
                       cwd=tmp_path)
     assert gen.returncode == 0, gen.stderr[-3000:]
     return gen, [json.loads(line) for line in open(preds)]
+
+
+def onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's linear, [.., in] x [out, in]^T, which torch's FlopCounterMode does not know."""
+    return 2 * torch.Size(x_shape[:-1]).numel() * w_shape[0] * w_shape[1]
+
+
+# FlopCounterMode(custom_mapping=ONEDNN_FLOPS) counts our training products on AVX-512 CPUs (modules/linear.py)
+ONEDNN_FLOPS = ({torch.ops.mkldnn._linear_pointwise: onednn_linear_flop}
+                if hasattr(torch.ops.mkldnn, "_linear_pointwise") else {})

@@ -6,8 +6,11 @@ and one row (a GEMV) streamed the model's weights at ~18 GB/s against ~31 GB/s f
 oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, what inductor's CPU backend calls) ran the
 batched products 1.1 to 2x faster (25-prompt generation 1.19x end to end) and the GEMVs at ~24 GB/s
 (the LM head at ~42; batch-1 decoding 26.4 against 23.4 tok/s), in paired runs (README, Benchmarks).
-Whole sequences (prefill, training, scoring) stay on MKL, which was as fast or faster there. Values are
-the same products summed in another order.
+Whole sequences without autograd (prefill, scoring) stay on MKL, which was as fast or faster there, so
+their logits are bitwise any MKL-based implementation's. A training step's products with a frozen fp32
+weight (forward and input gradient) go through oneDNN where ATen runs AVX-512 kernels: there it ran them
+~15-35% faster than MKL (the benchmark step 2-9% faster in six alternating fresh-process pairs); on the
+AVX2-only kind MKL was as fast or faster at ~1000 rows. Values are the same products summed in another order.
 A single row (batch-1 decoding) times a layer's weight goes one step further: ``split_gemv`` cuts the
 weight into one block of output rows per thread and multiplies them in one batched product, which
 streams the blocks side by side and skips oneDNN's per-call setup (~25 us a call against ~12 here).
@@ -17,7 +20,7 @@ Only for fp32 plain tensors on an x86 CPU without autograd, outside ``torch.comp
 """
 from __future__ import annotations
 
-import platform
+import os, platform
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,11 @@ ONEDNN_MAX_ROWS = 64  # measured: up to 64 rows oneDNN won; prefill's ~1000 rows
 SPLIT_GEMV_MAX_WEIGHTS = 8_000_000  # layer weights (<= 3072 x 576 here) split; a 49152 x 576 LM head did not gain
 ONEDNN_LINEAR = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
                  and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+# Training products ([1024, 576..1536] x [.., 576..3072] in the benchmark step, forward and input gradient) ran
+# at ~195-205 GFLOP/s on oneDNN against MKL's ~140-175 (2 threads, AMD EPYC with AVX-512); on the AVX2-only kind
+# MKL was as fast or faster at ~1000 rows, so there they stay on MKL. Env NEMO_PEFT_ONEDNN_TRAINING=0/1 overrides.
+ONEDNN_TRAINING = ONEDNN_LINEAR and {"0": False, "1": True}.get(
+    os.environ.get("NEMO_PEFT_ONEDNN_TRAINING", ""), torch.backends.cpu.get_cpu_capability() == "AVX512")
 
 
 def decode_step_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -61,15 +69,49 @@ def split_gemv(x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor | None)
     return y if bias is None else y.add_(bias)
 
 
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _FrozenLinearOneDNN(torch.autograd.Function):
+    """``x W^T + b`` with a frozen ``W`` (and ``b``), forward and input gradient both through oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        y = _onednn(x, weight, bias)
+        # oneDNN returns a [.., out] view of its 2-D result; an in-place LoRA add into a view would make
+        # autograd replay it as a zero-fill and copies of the whole output, so hand on a plain tensor (as F.linear does)
+        return torch.ops.aten._unsafe_view(y._base if y._is_view() else y, y.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return _onednn(grad.contiguous(), weight.t()) if ctx.needs_input_grad[0] else None, None, None
+
+
+def training_product_on_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """A training step's product of whole sequences with a frozen fp32 weight, on a CPU where ATen runs
+    AVX-512 kernels, under autograd and outside autocast and ``torch.compile``."""
+    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    return (ONEDNN_TRAINING and frozen and torch.is_grad_enabled() and x.requires_grad
+            and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
+            and type(weight) in (torch.Tensor, nn.Parameter) and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; a decoding step without autograd on an x86 CPU goes through oneDNN,
-    or, for a single row times a layer's weight, through ``split_gemv``."""
+    or, for a single row times a layer's weight, through ``split_gemv``; a training step's products with
+    a frozen weight go through oneDNN on AVX-512 CPUs."""
     if (ONEDNN_LINEAR and not torch.is_grad_enabled() and decode_step_on_cpu(x, weight)
             and not torch.compiler.is_compiling()):
         blocks = weight_blocks(weight, torch.get_num_threads()) if x.numel() == x.shape[-1] else None
         if blocks is not None:
             return split_gemv(x, blocks, bias)
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _onednn(x, weight, bias)
+    if training_product_on_cpu(x, weight, bias):
+        return _FrozenLinearOneDNN.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

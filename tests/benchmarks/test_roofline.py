@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import roofline as rl
 from benchmarks.common import RANK, TARGETS, add_lora_hf, add_lora_ours, hf_twin, loss_hf, loss_ours
-from tests.helpers import make_model
+from tests.helpers import ONEDNN_FLOPS, make_model
 
 B, T = 2, 11
 GQA = dict(num_layers=3, num_attention_heads=6, num_query_groups=2, hidden_size=48, ffn_hidden_size=80)
@@ -17,7 +17,7 @@ def ids():
 
 
 def counted(model, loss_fn):
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False, custom_mapping=ONEDNN_FLOPS) as fc:
         loss_fn(model, ids()).backward()
     return fc
 
@@ -120,6 +120,11 @@ def test_limits_keep_the_best_of_two_passes(one_thread):
 @pytest.mark.parametrize("layout", ["nt", "nn", "tn", "bmm"])
 def test_operands_compute_the_shape(layout):
     mm = rl.Mm("x", "y", 5, 7, 3, layout=layout, batch=2 if layout == "bmm" else 1)
-    fn, out = rl._operands(mm, mm.m, torch.float32, "cpu")
+    fn, out, onednn = rl._operands(mm, mm.m, torch.float32, "cpu")
     fn(out)
     assert out.shape[-2:] == (5, 3)
+    # the forward and input-gradient shapes are also timed through oneDNN where our training runs them there
+    from nemo_peft.modules.linear import ONEDNN_LINEAR
+    assert (onednn is not None) == (ONEDNN_LINEAR and layout in ("nt", "nn"))
+    if onednn is not None:
+        torch.testing.assert_close(onednn(), out)

@@ -7,13 +7,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import time_split as ts
 from benchmarks.common import add_lora_hf, add_lora_ours, hf_twin, loss_hf, loss_ours
-from tests.helpers import make_model
+from tests.helpers import ONEDNN_FLOPS, make_model
 
 GQA = dict(num_layers=2, num_attention_heads=6, num_query_groups=2, hidden_size=48, ffn_hidden_size=80)
-MATMULS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.addmm_", "aten.baddbmm_")
+MATMULS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.addmm_", "aten.baddbmm_",
+           "mkldnn._linear_pointwise")
 # the counter has no formula for the in-place variants ours uses to add LoRA into the output: theirs
 IN_PLACE = {torch.ops.aten.addmm_: flop_counter.addmm_flop.__wrapped__,
-            torch.ops.aten.baddbmm_: flop_counter.baddbmm_flop.__wrapped__}
+            torch.ops.aten.baddbmm_: flop_counter.baddbmm_flop.__wrapped__, **ONEDNN_FLOPS}
 
 
 def ids():

@@ -5,6 +5,7 @@ from torch import nn
 
 from nemo_peft.modules.linear import (ONEDNN_LINEAR, ONEDNN_MAX_ROWS, SPLIT_GEMV_MAX_WEIGHTS, Linear, linear,
                                       split_gemv, weight_blocks)
+from nemo_peft.modules import linear as linear_module
 from nemo_peft.modules.weight_layout import column_major
 
 
@@ -96,3 +97,68 @@ def test_gradients_and_state_dict_are_nn_linears():
     ref(x).square().sum().backward()
     torch.testing.assert_close(gx, x.grad, rtol=0, atol=0)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=0, atol=0)
+
+
+@pytest.fixture
+def onednn_training(monkeypatch):
+    """The training products on oneDNN whatever this CPU's kernels (the default on AVX-512 only)."""
+    if not ONEDNN_LINEAR:
+        pytest.skip("oneDNN's linear is used on x86 CPUs only")
+    monkeypatch.setattr(linear_module, "ONEDNN_TRAINING", True)
+
+
+@pytest.mark.parametrize("layout", ["row", "column"])
+@pytest.mark.parametrize("shape", [(6, 24), (2, 5, 24)])
+def test_training_products_with_a_frozen_weight_equal_f_linear(onednn_training, layout, shape):
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(40, 24, generator=g)
+    w = column_major(w) if layout == "column" else w
+    b, x, dy = torch.randn(40, generator=g), torch.randn(*shape, generator=g), torch.randn(*shape[:-1], 40, generator=g)
+    lora_h, lora_b = torch.randn(*shape[:-1], 3, generator=g), torch.randn(3, 40, generator=g)
+    runs = []
+    for fn in (linear, F.linear):
+        xi = x.clone().requires_grad_()
+        y = fn(xi, w, b)
+        assert fn is F.linear or not y._is_view()  # an in-place LoRA add into a view: zero-fill and copies in backward
+        y = y.addmm_(lora_h, lora_b) if y.dim() == 2 else y.baddbmm_(lora_h, lora_b.expand(shape[0], 3, 40))
+        y.backward(dy)
+        runs.append((y.detach(), xi.grad))
+        assert ("Frozen" in type(y.grad_fn.next_functions[0][0]).__name__) == (fn is linear)
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-5)
+
+
+def test_only_frozen_fp32_training_products_take_onednn(onednn_training):
+    w, x = torch.randn(16, 8), torch.randn(2, 5, 8, requires_grad=True)
+    onednn = lambda fn: "mkldnn::_linear_pointwise" in ops_run(fn)  # noqa: E731
+    assert onednn(lambda: linear(x, w).sum().backward())
+    assert not onednn(lambda: linear(x, w.clone().requires_grad_()))  # a trained weight needs its gradient: F.linear
+    assert not onednn(lambda: linear(x.detach(), w))  # no gradient to carry (layer 0 after a frozen embedding)
+    assert not onednn(lambda: linear(x.double(), w.double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn(lambda: linear(x, w))  # autocast's casts are F.linear's
+    linear_module.ONEDNN_TRAINING = False
+    assert not onednn(lambda: linear(x, w))
+
+
+def test_a_lora_training_step_equals_the_blas_path(onednn_training):
+    """Loss and every LoRA gradient of a model whose frozen products run on oneDNN equal the same step on
+    F.linear (MKL), within fp32 rounding."""
+    from nemo_peft.peft.lora import LoraPEFTConfig
+    from tests.helpers import make_model
+    runs = []
+    for on in (True, False):
+        linear_module.ONEDNN_TRAINING = on
+        model = make_model("llama", num_layers=2)
+        model.add_adapter(LoraPEFTConfig(dim=4, alpha=8, lora_B_init_method="normal"))
+        model.train()
+        ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            loss = model.lm_loss(model(ids, return_hidden=True), ids.roll(-1, dims=1))
+            loss.backward()
+        assert ("mkldnn::_linear_pointwise" in {e.key for e in prof.key_averages()}) == on
+        runs.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    assert runs[0][1].keys() == runs[1][1].keys() and runs[0][1]
+    for name, grad in runs[0][1].items():
+        torch.testing.assert_close(grad, runs[1][1][name], rtol=1e-4, atol=1e-5, msg=name)
