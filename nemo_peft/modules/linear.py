@@ -94,7 +94,7 @@ def training_product_on_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """A training step's product of whole sequences with a frozen fp32 weight, on a CPU where ATen runs
     AVX-512 kernels, under autograd and outside autocast and ``torch.compile``."""
     frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    return (ONEDNN_TRAINING and frozen and torch.is_grad_enabled() and x.requires_grad
+    return (ONEDNN_TRAINING and x.requires_grad and frozen and torch.is_grad_enabled()  # cheap tests first
             and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
             and type(weight) in (torch.Tensor, nn.Parameter) and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling())
