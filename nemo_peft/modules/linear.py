@@ -9,7 +9,7 @@ batched products 1.1 to 2x faster (25-prompt generation 1.19x end to end) and th
 Whole sequences without autograd (prefill, scoring) stay on MKL, which was as fast or faster there, so
 their logits are bitwise any MKL-based implementation's. A training step's products with a frozen fp32
 weight (forward and input gradient) go through oneDNN where ATen runs AVX-512 kernels: there it ran them
-~15-35% faster than MKL (the benchmark step 2-9% faster in six alternating fresh-process pairs); on the
+~15-35% faster than MKL (the benchmark step 2-10% faster in six alternating fresh-process pairs); on the
 AVX2-only kind MKL was as fast or faster at ~1000 rows. Values are the same products summed in another order.
 A single row (batch-1 decoding) times a layer's weight goes one step further: ``split_gemv`` cuts the
 weight into one block of output rows per thread and multiplies them in one batched product, which
