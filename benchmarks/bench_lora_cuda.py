@@ -148,7 +148,7 @@ def profile_step(trainer, device: str, side: str, rows: int = 30) -> None:
 
 def bench_model(name, args, peak_tflops, rows, notes):
     from benchmarks.common import RANK, TARGETS, Trainer, alternate, loss_hf, loss_ours, make_batches, med, spread
-    from benchmarks.roofline import measure_peaks, roofline_seconds, total_flops, train_matmuls
+    from benchmarks.roofline import lm_head_chunk, measure_peaks, roofline_seconds, total_flops, train_matmuls
     t0 = time.perf_counter()
     ours, hf, cfg = build(name, args.tiny, args.device)
     print(f"  {name}: built both sides in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -160,7 +160,6 @@ def bench_model(name, args, peak_tflops, rows, notes):
     tr = {"ours": Trainer(models["ours"], loss_ours, batches, args.autocast, fused),
           "hf": Trainer(models["hf"], loss_hf, batches, args.autocast, fused)}
     a, b = alternate(lambda side: tr[side].step(), args.steps, args.warmup)
-    from benchmarks.roofline import lm_head_chunk
     lm_chunk = lm_head_chunk(cfg, args.batch * (args.seq - 1), args.device)  # the LM-head matmuls as run here
     mms = train_matmuls(cfg, args.batch, args.seq, RANK, TARGETS, lm_chunk=lm_chunk)
     roof = roofline_seconds(mms, measure_peaks(mms, torch.bfloat16, args.device, 3 if args.tiny else 5))

@@ -16,7 +16,7 @@ weight into one block of output rows per thread and multiplies them in one batch
 streams the blocks side by side and skips oneDNN's per-call setup (~25 us a call against ~12 here).
 Batch-1 decoding of the default model took 41.1 against 43.3 and 41.9 against 45.4 ms a token in
 alternating runs, same tokens. The LM head keeps oneDNN, which streams that one large matrix faster.
-Only for fp32 plain tensors on an x86 CPU without autograd, outside ``torch.compile``.
+The decoding paths are only for fp32 plain tensors on an x86 CPU without autograd, outside ``torch.compile``.
 """
 from __future__ import annotations
 
