@@ -162,3 +162,13 @@ def test_a_lora_training_step_equals_the_blas_path(onednn_training):
     assert runs[0][1].keys() == runs[1][1].keys() and runs[0][1]
     for name, grad in runs[0][1].items():
         torch.testing.assert_close(grad, runs[1][1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not ONEDNN_LINEAR, reason="oneDNN's linear is used on x86 CPUs only")
+def test_environment_variable_chooses_the_training_library():
+    import os, subprocess, sys
+    code = "from nemo_peft.modules import linear; print(linear.ONEDNN_TRAINING)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "NEMO_PEFT_ONEDNN_TRAINING": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
