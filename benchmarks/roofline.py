@@ -124,9 +124,9 @@ def total_flops(mms) -> float:
 
 # ---------------------------------------------------------------- measuring
 def _operands(mm: Mm, m: int, dtype, device):
-    """The product as ``fn(out)`` with its output buffer, and the same product through oneDNN's linear where
-    nemo_peft runs such products there (fp32 "nt"/"nn" products on an x86 CPU; else None)."""
-    from nemo_peft.modules.linear import ONEDNN_LINEAR
+    """The product as ``fn(out)`` with its output buffer, and the same product through oneDNN's linear for
+    fp32 "nt"/"nn" products on an x86 CPU, the library our training runs them on where it is faster (else None)."""
+    from nemo_peft.modules.linear import ONEDNN_LINEAR, onednn_linear
     g = torch.Generator(device=device).manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, device=device).to(dtype)  # noqa: E731
     if mm.layout == "bmm":
@@ -136,7 +136,7 @@ def _operands(mm: Mm, m: int, dtype, device):
     b = r(mm.n, mm.k).t() if mm.layout == "nt" else r(mm.k, mm.n)
     onednn = None
     if ONEDNN_LINEAR and mm.layout in ("nt", "nn") and dtype == torch.float32 and torch.device(device).type == "cpu":
-        onednn = lambda: torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")  # noqa: E731
+        onednn = lambda: onednn_linear(a, b.t())  # noqa: E731
     return lambda out: torch.mm(a, b, out=out), torch.empty(m, mm.n, dtype=dtype, device=device), onednn
 
 
@@ -156,8 +156,8 @@ def _best_seconds(fn, reps: int) -> float:
 
 def matmul_gflops(mm: Mm, dtype=torch.float32, device="cpu", reps: int = 5, budget_s: float = 0.5) -> float:
     """GFLOP/s of one product of ``mm``'s shape and layout: the best of at least ``reps`` runs (more,
-    up to 20, while they fit in ``budget_s``) after a warmup, of torch.mm and, where nemo_peft runs such
-    products through oneDNN (modules/linear.py), of oneDNN too: the yardstick is the faster library. When one
+    up to 20, while they fit in ``budget_s``) after a warmup, of torch.mm and, for the products our training
+    may run through oneDNN (modules/linear.py), of oneDNN too: the yardstick is the faster library. When one
     product would take longer than ``budget_s / 4`` (e.g. bf16 on a CPU without bf16 units), the leading
     dimension is cut so that it does not, and the rate of the smaller product is reported."""
     m = mm.m

@@ -33,8 +33,16 @@ ONEDNN_LINEAR = (platform.machine().lower() in ("x86_64", "amd64") and torch.bac
 # Training products ([1024, 576..1536] x [.., 576..3072] in the benchmark step, forward and input gradient) ran
 # at ~195-205 GFLOP/s on oneDNN against MKL's ~140-175 (2 threads, AMD EPYC with AVX-512); on the AVX2-only kind
 # MKL was as fast or faster at ~1000 rows, so there they stay on MKL. Env NEMO_PEFT_ONEDNN_TRAINING=0/1 overrides.
-ONEDNN_TRAINING = ONEDNN_LINEAR and {"0": False, "1": True}.get(
-    os.environ.get("NEMO_PEFT_ONEDNN_TRAINING", ""), torch.backends.cpu.get_cpu_capability() == "AVX512")
+def _onednn_training(setting: str) -> bool:
+    """Whether training products go through oneDNN: ``setting`` is NEMO_PEFT_ONEDNN_TRAINING ("" = by CPU)."""
+    if setting not in ("", "0", "1"):
+        raise ValueError(f"NEMO_PEFT_ONEDNN_TRAINING={setting!r}: use 0 (MKL), 1 (oneDNN), or leave it unset "
+                         "(oneDNN where ATen runs AVX-512 kernels).")
+    auto = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return ONEDNN_LINEAR and (auto if setting == "" else setting == "1")
+
+
+ONEDNN_TRAINING = _onednn_training(os.environ.get("NEMO_PEFT_ONEDNN_TRAINING", ""))
 
 
 def decode_step_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -69,7 +77,8 @@ def split_gemv(x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor | None)
     return y if bias is None else y.add_(bias)
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through oneDNN (x86 CPUs; see ONEDNN_LINEAR)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -79,7 +88,7 @@ class _FrozenLinearOneDNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(weight)
-        y = _onednn(x, weight, bias)
+        y = onednn_linear(x, weight, bias)
         # oneDNN returns a [.., out] view of its 2-D result; an in-place LoRA add into a view would make
         # autograd replay it as a zero-fill and copies of the whole output, so hand on a plain tensor (as F.linear does)
         return torch.ops.aten._unsafe_view(y._base if y._is_view() else y, y.shape)
@@ -87,14 +96,14 @@ class _FrozenLinearOneDNN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
-        return _onednn(grad.contiguous(), weight.t()) if ctx.needs_input_grad[0] else None, None, None
+        return onednn_linear(grad.contiguous(), weight.t()) if ctx.needs_input_grad[0] else None, None, None
 
 
 def training_product_on_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """A training step's product of whole sequences with a frozen fp32 weight, on a CPU where ATen runs
     AVX-512 kernels, under autograd and outside autocast and ``torch.compile``."""
-    frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
-    return (ONEDNN_TRAINING and x.requires_grad and frozen and torch.is_grad_enabled()  # cheap tests first
+    return (ONEDNN_TRAINING and x.requires_grad and not weight.requires_grad  # cheap tests first
+            and (bias is None or not bias.requires_grad) and torch.is_grad_enabled()
             and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
             and type(weight) in (torch.Tensor, nn.Parameter) and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling())
@@ -109,7 +118,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         blocks = weight_blocks(weight, torch.get_num_threads()) if x.numel() == x.shape[-1] else None
         if blocks is not None:
             return split_gemv(x, blocks, bias)
-        return _onednn(x, weight, bias)
+        return onednn_linear(x, weight, bias)
     if training_product_on_cpu(x, weight, bias):
         return _FrozenLinearOneDNN.apply(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -172,3 +172,5 @@ def test_environment_variable_chooses_the_training_library():
         env = {**os.environ, "NEMO_PEFT_ONEDNN_TRAINING": value}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected
+    with pytest.raises(ValueError, match=r"NEMO_PEFT_ONEDNN_TRAINING='yes': use 0 \(MKL\), 1 \(oneDNN\)"):
+        linear_module._onednn_training("yes")
