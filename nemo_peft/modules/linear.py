@@ -6,11 +6,11 @@ and one row (a GEMV) streamed the model's weights at ~18 GB/s against ~31 GB/s f
 oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, what inductor's CPU backend calls) ran the
 batched products 1.1 to 2x faster (25-prompt generation 1.19x end to end) and the GEMVs at ~24 GB/s
 (the LM head at ~42; batch-1 decoding 26.4 against 23.4 tok/s), in paired runs (README, Benchmarks).
-Whole sequences without autograd (prefill, scoring) stay on MKL, which was as fast or faster there, so
-their logits are bitwise any MKL-based implementation's. A training step's products with a frozen fp32
-weight (forward and input gradient) go through oneDNN where ATen runs AVX-512 kernels: there it ran them
-~15-35% faster than MKL (the benchmark step 2-10% faster in six alternating fresh-process pairs); on the
-AVX2-only kind MKL was as fast or faster at ~1000 rows. Values are the same products summed in another order.
+Whole sequences (a training step's forward and input gradient with a frozen fp32 weight; prefill and
+scoring without autograd) go through oneDNN where ATen runs AVX-512 kernels: there it ran them ~15-60%
+faster than MKL (~170-190 against ~105-150 GFLOP/s at prefill's 150-470 rows; the benchmark step 2-10%
+faster in six alternating fresh-process pairs); on the AVX2-only kind MKL was as fast or faster at ~1000
+rows, so there they stay on MKL. Values are the same products summed in another order.
 A single row (batch-1 decoding) times a layer's weight goes one step further: ``split_gemv`` cuts the
 weight into one block of output rows per thread and multiplies them in one batched product, which
 streams the blocks side by side and skips oneDNN's per-call setup (~25 us a call against ~12 here).
@@ -26,29 +26,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN_MAX_ROWS = 64  # measured: up to 64 rows oneDNN won; prefill's ~1000 rows ran slower on it
+ONEDNN_MAX_ROWS = 64  # measured: up to 64 rows oneDNN won (AVX2 and AVX-512); ~1000 rows only on AVX-512
 SPLIT_GEMV_MAX_WEIGHTS = 8_000_000  # layer weights (<= 3072 x 576 here) split; a 49152 x 576 LM head did not gain
 ONEDNN_LINEAR = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
                  and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
-# Training products ([1024, 576..1536] x [.., 576..3072] in the benchmark step, forward and input gradient) ran
-# at ~195-205 GFLOP/s on oneDNN against MKL's ~140-175 (2 threads, AMD EPYC with AVX-512); on the AVX2-only kind
-# MKL was as fast or faster at ~1000 rows, so there they stay on MKL. Env NEMO_PEFT_ONEDNN_TRAINING=0/1 overrides.
-def _onednn_training(setting: str) -> bool:
-    """Whether training products go through oneDNN: ``setting`` is NEMO_PEFT_ONEDNN_TRAINING ("" = by CPU)."""
+# Whole-sequence products ([1024, 576..1536] x [.., 576..3072] in the benchmark step, forward and input gradient;
+# prefill's 150-470 rows) ran at ~170-205 GFLOP/s on oneDNN against MKL's ~105-175 (2 threads, AMD EPYC with
+# AVX-512); on the AVX2-only kind MKL was as fast or faster at ~1000 rows, so there they stay on MKL.
+# Env NEMO_PEFT_ONEDNN_GEMM=0/1 overrides.
+def _onednn_gemm(setting: str) -> bool:
+    """Whether whole-sequence products go through oneDNN: ``setting`` is NEMO_PEFT_ONEDNN_GEMM ("" = by CPU)."""
     if setting not in ("", "0", "1"):
-        raise ValueError(f"NEMO_PEFT_ONEDNN_TRAINING={setting!r}: use 0 (MKL), 1 (oneDNN), or leave it unset "
+        raise ValueError(f"NEMO_PEFT_ONEDNN_GEMM={setting!r}: use 0 (MKL), 1 (oneDNN), or leave it unset "
                          "(oneDNN where ATen runs AVX-512 kernels).")
     auto = torch.backends.cpu.get_cpu_capability() == "AVX512"
     return ONEDNN_LINEAR and (auto if setting == "" else setting == "1")
 
 
-ONEDNN_TRAINING = _onednn_training(os.environ.get("NEMO_PEFT_ONEDNN_TRAINING", ""))
+ONEDNN_GEMM = _onednn_gemm(os.environ.get("NEMO_PEFT_ONEDNN_GEMM", ""))
 
 
 def decode_step_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """``x`` is one position of each of 1 to ONEDNN_MAX_ROWS rows ([B, 1, in] or [B, in]), fp32 on CPU.
-    Whole sequences ([B, T, in], T > 1: prefill, scoring, evaluation loss) stay on MKL, so their
-    logits are bitwise those of any other MKL-based implementation."""
+    Whole sequences ([B, T, in], T > 1: prefill, scoring, evaluation loss) are ``sequence_product_on_cpu``'s."""
     rows = x.numel() // max(x.shape[-1], 1)
     return (0 < rows <= ONEDNN_MAX_ROWS and (x.dim() == 2 or x.shape[-2] == 1)
             and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
@@ -82,16 +82,21 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``onednn_linear`` handed on as a plain tensor, as F.linear's is: oneDNN returns a [.., out] view of its
+    2-D result, and an in-place LoRA add with a trained factor into a view would make autograd replay it
+    as a zero-fill and copies of the whole output."""
+    y = onednn_linear(x, weight, bias)
+    return torch.ops.aten._unsafe_view(y._base if y._is_view() else y, y.shape)
+
+
 class _FrozenLinearOneDNN(torch.autograd.Function):
     """``x W^T + b`` with a frozen ``W`` (and ``b``), forward and input gradient both through oneDNN."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(weight)
-        y = onednn_linear(x, weight, bias)
-        # oneDNN returns a [.., out] view of its 2-D result; an in-place LoRA add into a view would make
-        # autograd replay it as a zero-fill and copies of the whole output, so hand on a plain tensor (as F.linear does)
-        return torch.ops.aten._unsafe_view(y._base if y._is_view() else y, y.shape)
+        return onednn_product(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -99,28 +104,31 @@ class _FrozenLinearOneDNN(torch.autograd.Function):
         return onednn_linear(grad.contiguous(), weight.t()) if ctx.needs_input_grad[0] else None, None, None
 
 
-def training_product_on_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """A training step's product of whole sequences with a frozen fp32 weight, on a CPU where ATen runs
-    AVX-512 kernels, under autograd and outside autocast and ``torch.compile``."""
-    return (ONEDNN_TRAINING and x.requires_grad and not weight.requires_grad  # cheap tests first
-            and (bias is None or not bias.requires_grad) and torch.is_grad_enabled()
-            and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
+def sequence_product_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A product of whole sequences with a plain fp32 weight on a CPU where ATen runs AVX-512 kernels,
+    outside autocast and ``torch.compile`` (whether autograd needs it is ``linear``'s question)."""
+    return (ONEDNN_GEMM and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"
             and type(weight) in (torch.Tensor, nn.Parameter) and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; a decoding step without autograd on an x86 CPU goes through oneDNN,
-    or, for a single row times a layer's weight, through ``split_gemv``; a training step's products with
-    a frozen weight go through oneDNN on AVX-512 CPUs."""
-    if (ONEDNN_LINEAR and not torch.is_grad_enabled() and decode_step_on_cpu(x, weight)
+    or, for a single row times a layer's weight, through ``split_gemv``; on AVX-512 CPUs, whole sequences
+    go through oneDNN too, unless autograd needs the weight's (or bias's) gradient."""
+    grad = torch.is_grad_enabled()
+    if (ONEDNN_LINEAR and not grad and decode_step_on_cpu(x, weight)
             and not torch.compiler.is_compiling()):
         blocks = weight_blocks(weight, torch.get_num_threads()) if x.numel() == x.shape[-1] else None
         if blocks is not None:
             return split_gemv(x, blocks, bias)
         return onednn_linear(x, weight, bias)
-    if training_product_on_cpu(x, weight, bias):
-        return _FrozenLinearOneDNN.apply(x, weight, bias)
+    if sequence_product_on_cpu(x, weight):
+        frozen = not (weight.requires_grad or (bias is not None and bias.requires_grad))
+        if not grad or (frozen and not x.requires_grad):  # no autograd graph to record
+            return onednn_product(x, weight, bias)
+        if frozen:
+            return _FrozenLinearOneDNN.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

@@ -14,7 +14,7 @@ from nemo_peft.modules.rope import rope_inv_freq
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-TOL = 1e-4
+TOL = 1e-5  # of the largest logit: fp32 products summed in another order (oneDNN vs MKL) over 30 layers
 PROMPTS = {
     "one_token": "Hi",
     "sentence": "The quick brown fox jumps over the lazy dog.",
@@ -71,8 +71,9 @@ def test_logits_match_transformers(ours, hf_model, name):
     model, tok = ours
     ids = torch.tensor([tok.encode(PROMPTS[name])])
     with torch.no_grad():
-        diff = (model(ids) - hf_model(ids).logits).abs().max().item()
-    assert diff < TOL, f"{name}: max abs logits diff {diff:.3g}"
+        ref = hf_model(ids).logits
+        diff = (model(ids) - ref).abs().max().item()
+    assert diff < TOL * ref.abs().max().item(), f"{name}: max abs logits diff {diff:.3g} (largest {ref.abs().max():.3g})"
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -29,7 +29,8 @@ def test_values_match_f_linear_on_every_path(rows, layout):
 
 
 @pytest.mark.skipif(not ONEDNN_LINEAR, reason="oneDNN's linear is used on x86 CPUs only")
-def test_decode_steps_without_autograd_take_onednn_and_the_rest_the_blas():
+def test_decode_steps_without_autograd_take_onednn_and_the_rest_the_blas(monkeypatch):
+    monkeypatch.setattr(linear_module, "ONEDNN_GEMM", False)  # whole sequences on MKL (AVX2-only CPUs)
     w, x = torch.randn(16, 8), torch.randn(5, 8)
     with torch.no_grad():
         assert "mkldnn::_linear_pointwise" in ops_run(lambda: linear(x, w))
@@ -100,16 +101,16 @@ def test_gradients_and_state_dict_are_nn_linears():
 
 
 @pytest.fixture
-def onednn_training(monkeypatch):
-    """The training products on oneDNN whatever this CPU's kernels (the default on AVX-512 only)."""
+def onednn_gemm(monkeypatch):
+    """Whole-sequence products on oneDNN whatever this CPU's kernels (the default on AVX-512 only)."""
     if not ONEDNN_LINEAR:
         pytest.skip("oneDNN's linear is used on x86 CPUs only")
-    monkeypatch.setattr(linear_module, "ONEDNN_TRAINING", True)
+    monkeypatch.setattr(linear_module, "ONEDNN_GEMM", True)
 
 
 @pytest.mark.parametrize("layout", ["row", "column"])
 @pytest.mark.parametrize("shape", [(6, 24), (2, 5, 24)])
-def test_training_products_with_a_frozen_weight_equal_f_linear(onednn_training, layout, shape):
+def test_training_products_with_a_frozen_weight_equal_f_linear(onednn_gemm, layout, shape):
     g = torch.Generator().manual_seed(7)
     w = torch.randn(40, 24, generator=g)
     w = column_major(w) if layout == "column" else w
@@ -128,27 +129,45 @@ def test_training_products_with_a_frozen_weight_equal_f_linear(onednn_training, 
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-5)
 
 
-def test_only_frozen_fp32_training_products_take_onednn(onednn_training):
+def test_only_frozen_fp32_training_products_take_onednn(onednn_gemm):
     w, x = torch.randn(16, 8), torch.randn(2, 5, 8, requires_grad=True)
     onednn = lambda fn: "mkldnn::_linear_pointwise" in ops_run(fn)  # noqa: E731
     assert onednn(lambda: linear(x, w).sum().backward())
     assert not onednn(lambda: linear(x, w.clone().requires_grad_()))  # a trained weight needs its gradient: F.linear
-    assert not onednn(lambda: linear(x.detach(), w))  # no gradient to carry (layer 0 after a frozen embedding)
+    assert not onednn(lambda: linear(x, w, torch.zeros(16, requires_grad=True)))  # so does a trained bias
     assert not onednn(lambda: linear(x.double(), w.double()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not onednn(lambda: linear(x, w))  # autocast's casts are F.linear's
-    linear_module.ONEDNN_TRAINING = False
+    linear_module.ONEDNN_GEMM = False
     assert not onednn(lambda: linear(x, w))
 
 
-def test_a_lora_training_step_equals_the_blas_path(onednn_training):
+@pytest.mark.parametrize("layout", ["row", "column"])
+def test_sequences_without_a_gradient_take_onednn_and_equal_f_linear(onednn_gemm, layout):
+    """Prefill and scoring (no autograd), and a frozen product whose input needs no gradient (layer 0 after a
+    frozen embedding): no autograd graph to record, so oneDNN's plain product."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(40, 24, generator=g)
+    w = column_major(w) if layout == "column" else w
+    b, x = torch.randn(40, generator=g), torch.randn(2, 70, 24, generator=g)  # 140 rows: more than a decode step
+    trained = w.clone().requires_grad_()
+    cases = [(torch.no_grad, w), (torch.no_grad, trained), (torch.enable_grad, w)]
+    for context, weight in cases:
+        with context():
+            ops = ops_run(lambda: linear(x, weight, b))
+            got = linear(x, weight, b)
+        assert "mkldnn::_linear_pointwise" in ops and got.grad_fn is None and not got._is_view()
+        torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_a_lora_training_step_equals_the_blas_path(onednn_gemm):
     """Loss and every LoRA gradient of a model whose frozen products run on oneDNN equal the same step on
     F.linear (MKL), within fp32 rounding."""
     from nemo_peft.peft.lora import LoraPEFTConfig
     from tests.helpers import make_model
     runs = []
     for on in (True, False):
-        linear_module.ONEDNN_TRAINING = on
+        linear_module.ONEDNN_GEMM = on
         model = make_model("llama", num_layers=2)
         model.add_adapter(LoraPEFTConfig(dim=4, alpha=8, lora_B_init_method="normal"))
         model.train()
@@ -165,12 +184,12 @@ def test_a_lora_training_step_equals_the_blas_path(onednn_training):
 
 
 @pytest.mark.skipif(not ONEDNN_LINEAR, reason="oneDNN's linear is used on x86 CPUs only")
-def test_environment_variable_chooses_the_training_library():
+def test_environment_variable_chooses_the_sequences_library():
     import os, subprocess, sys
-    code = "from nemo_peft.modules import linear; print(linear.ONEDNN_TRAINING)"
+    code = "from nemo_peft.modules import linear; print(linear.ONEDNN_GEMM)"
     for value, expected in (("0", "False"), ("1", "True")):
-        env = {**os.environ, "NEMO_PEFT_ONEDNN_TRAINING": value}
+        env = {**os.environ, "NEMO_PEFT_ONEDNN_GEMM": value}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected
-    with pytest.raises(ValueError, match=r"NEMO_PEFT_ONEDNN_TRAINING='yes': use 0 \(MKL\), 1 \(oneDNN\)"):
-        linear_module._onednn_training("yes")
+    with pytest.raises(ValueError, match=r"NEMO_PEFT_ONEDNN_GEMM='yes': use 0 \(MKL\), 1 \(oneDNN\)"):
+        linear_module._onednn_gemm("yes")
