@@ -2,7 +2,7 @@
 """LoRA training on a CUDA GPU in bf16: nemo_peft vs Hugging Face transformers + peft.
 
     python benchmarks/bench_lora_cuda.py                       # SmolLM2-135M (GGUF) and a 1B Llama, on cuda
-    python benchmarks/bench_lora_cuda.py --compile             # torch.compile on both sides as well
+    python benchmarks/bench_lora_cuda.py --compile             # each transformer block through torch.compile
     python benchmarks/bench_lora_cuda.py --model llama-1b --batch 4 --seq 2048
     python benchmarks/bench_lora_cuda.py --device cpu --tiny   # smoke test of this code path (seconds, any machine)
 
@@ -23,7 +23,7 @@ when it runs on CUDA; the CPU smoke mode only prints.
 """
 from __future__ import annotations
 
-import argparse, os, sys, time
+import argparse, faulthandler, os, sys, time
 
 import torch
 
@@ -104,6 +104,16 @@ def build(name: str, tiny: bool, device: str, seed: int = 0):
     return ours, hf, ours.config
 
 
+def compile_layers(ours, hf) -> None:
+    """--compile: every transformer block of both sides through torch.compile, in place. Ours is what
+    ``model.compile=true`` does (``compile_blocks``); HF's decoder layers get the same, so both sides
+    compile graphs of the same size (a whole-model compile had crashed on the 1B model on an H200)."""
+    from nemo_peft.models.compile import compile_blocks
+    compile_blocks(ours)
+    for layer in hf.get_base_model().model.layers:
+        layer.compile()
+
+
 def peak_memory(trainer, device, steps=2):
     """(peak MiB allocated during ``steps`` steps, increase over what was allocated before), or (None, None)."""
     if torch.device(device).type != "cuda":
@@ -160,7 +170,7 @@ def bench_model(name, args, peak_tflops, rows, notes):
     fused = True
     models = {"ours": ours, "hf": hf}
     if args.compile:
-        models = {k: torch.compile(m) for k, m in models.items()}
+        compile_layers(ours, hf)
     tr = {"ours": Trainer(models["ours"], loss_ours, batches, args.autocast, fused),
           "hf": Trainer(models["hf"], loss_hf, batches, args.autocast, fused)}
     a, b = alternate(lambda side: tr[side].step(), args.steps, args.warmup)
@@ -218,21 +228,15 @@ def device_peak(args) -> dict:
     return {"measured": measured, "spec": spec_peak(name), "name": name, "n": n}
 
 
-def run(args) -> dict:
-    check_device(args.device)
-    from benchmarks.common import CpuMeter, Rows, bullets, machine_info, write_text
-    if torch.device(args.device).type == "cpu":
-        torch.set_num_threads(args.threads)
-    rows, notes, out, t0, whole = Rows(), [], {}, time.perf_counter(), CpuMeter()
-    peak = device_peak(args)
-    print(f"device {peak['name']}: bf16 matmul peak {peak['measured']:.3g} TFLOP/s measured "
-          f"([{peak['n']}]^3)" + (f", spec {peak['spec'][1]:.0f}" if peak["spec"] else ""), flush=True)
-    for name in args.models:
-        print(f"[{name}] batch {args.batch} x {args.seq}", flush=True)
-        out[name] = bench_model(name, args, peak, rows, notes)
-    device = (f"{peak['name']}" + (f", {torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.0f} GiB, CUDA "
-                                   f"{torch.version.cuda}" if torch.device(args.device).type == "cuda" else ""))
-    text = (f"# LoRA benchmark on {device}: nemo_peft vs HF transformers + peft (bf16)\n\n{rows.markdown()}\n\n"
+def report(args, peak, rows, notes, t0, pending: list[str]) -> str:
+    """The markdown of the models measured so far (``pending``: the ones still to run, named in a note)."""
+    from benchmarks.common import bullets, machine_info
+    cuda = torch.device(args.device).type == "cuda"
+    device = peak["name"] + (f", {torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.0f} GiB, CUDA "
+                             f"{torch.version.cuda}" if cuda else "")
+    compiled = "every transformer block on both sides" if args.compile else "off"
+    unfinished = ([f"not measured (the run stopped before them): {', '.join(pending)}"] if pending else [])
+    return (f"# LoRA benchmark on {device}: nemo_peft vs HF transformers + peft (bf16)\n\n{rows.markdown()}\n\n"
             "Ratio: throughput ours/HF; times and memory HF/ours.\n\n"
             f"- Device: {device}; bf16 matmul peak measured in this run {peak['measured']:.3g} TFLOP/s (one "
             f"[{peak['n']}]^3 product, best of several)"
@@ -240,14 +244,31 @@ def run(args) -> dict:
             + f"\n- Host: {machine_info(args)}\n"
             f"- Settings: LoRA r=16 alpha=32 on all seven projection kinds, adapters fp32, base weights bf16, "
             f"autocast bf16, SDPA, AdamW(fused=True) lr 1e-4; batch {args.batch} x {args.seq} tokens (random ids); "
-            f"{args.warmup} warmup + {args.steps} timed steps per side, alternating; torch.compile "
-            f"{'on both sides' if args.compile else 'off'}{'; --tiny models' if args.tiny else ''}\n"
+            f"{args.warmup} warmup + {args.steps} timed steps per side, alternating; torch.compile: "
+            f"{compiled}{'; --tiny models' if args.tiny else ''}\n"
             "- MFU = the step's exact matmul FLOPs (frozen linears forward + input gradient, LoRA, causal attention, "
             "LM head on the labelled positions; benchmarks/roofline.py) / median step time / peak\n"
-            + bullets(notes) + f"- Wall time: {time.perf_counter() - t0:.0f} s ({time.strftime('%Y-%m-%d %H:%M')})\n")
-    if args.out or torch.device(args.device).type == "cuda":
-        write_text(args.out or os.path.join(HERE, "results_cuda.md"), text)
-    else:
+            + bullets(notes + unfinished)
+            + f"- Wall time: {time.perf_counter() - t0:.0f} s ({time.strftime('%Y-%m-%d %H:%M')})\n")
+
+
+def run(args) -> dict:
+    check_device(args.device)
+    from benchmarks.common import CpuMeter, Rows, write_text
+    if torch.device(args.device).type == "cpu":
+        torch.set_num_threads(args.threads)
+    rows, notes, out, t0, whole = Rows(), [], {}, time.perf_counter(), CpuMeter()
+    peak = device_peak(args)
+    print(f"device {peak['name']}: bf16 matmul peak {peak['measured']:.3g} TFLOP/s measured "
+          f"([{peak['n']}]^3)" + (f", spec {peak['spec'][1]:.0f}" if peak["spec"] else ""), flush=True)
+    path = args.out or (os.path.join(HERE, "results_cuda.md") if torch.device(args.device).type == "cuda" else None)
+    for i, name in enumerate(args.models):
+        print(f"[{name}] batch {args.batch} x {args.seq}", flush=True)
+        out[name] = bench_model(name, args, peak, rows, notes)
+        text = report(args, peak, rows, notes, t0, args.models[i + 1:])
+        if path:  # after each model: a crash in the next one (a compiler's, say) keeps this one's figures
+            write_text(path, text)
+    if not path:
         print("\n" + text + "\n(CPU smoke run: nothing written; --out FILE writes the table)")
     out["text"], out["background_cores"] = text, whole.others()
     return out
@@ -258,7 +279,8 @@ def parse(argv=None):
     ap.add_argument("--device", default="cuda", help="cuda (default), or cpu for the --tiny smoke test")
     ap.add_argument("--model", choices=["smollm2", "llama-1b", "both"], default="both")
     ap.add_argument("--tiny", action="store_true", help="tiny random models of both families (smoke test)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile both models (opt-in)")
+    ap.add_argument("--compile", action="store_true",
+                    help="every transformer block of both sides through torch.compile (opt-in)")
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's table of one step per side")
     ap.add_argument("--batch", type=int, default=None, help="sequences per step (8; --tiny 2)")
     ap.add_argument("--seq", type=int, default=None, help="tokens per sequence (1024; --tiny 32)")
@@ -278,6 +300,7 @@ def parse(argv=None):
 
 
 def main(argv=None):
+    faulthandler.enable()  # a crash inside a compiler or kernel still prints where Python was
     return run(parse(argv))
 
 

@@ -81,6 +81,9 @@ class LoraAdapter(nn.Module):
         # matmul does not keep its output for backward, so updating it in place is safe)
         b_t, scale = b.t().to(h.dtype), self.scale
         rows, h_rows = out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1])
+        if torch.compiler.is_compiling():  # inductor plans its own buffers; ``_is_view`` below would break the
+            # graph, and the resumed graph's in-place update of its input crashed torch 2.13 (view replay)
+            return torch.addmm(rows, h_rows, b_t, alpha=scale).view(out.shape)
         if not (torch.is_grad_enabled() and (out.requires_grad or h.requires_grad)):
             return rows.addmm_(h_rows, b_t, alpha=scale).view(out.shape)
         # under autograd never into a view of out (rows): backward would replay that as a zero-fill and
