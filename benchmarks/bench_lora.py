@@ -14,7 +14,7 @@ reports each side against them. Writes benchmarks/results.md; see benchmarks/REA
 """
 from __future__ import annotations
 
-import argparse, copy, math, os, shutil, sys, tempfile, time
+import argparse, copy, faulthandler, math, os, shutil, sys, tempfile, time
 
 import torch
 
@@ -323,4 +323,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a crash inside a compiler or kernel (--device cuda --compile) prints where Python was
     main()

@@ -300,9 +300,9 @@ def parse(argv=None):
 
 
 def main(argv=None):
-    faulthandler.enable()  # a crash inside a compiler or kernel still prints where Python was
     return run(parse(argv))
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a crash inside a compiler or kernel still prints where Python was
     main()
