@@ -260,7 +260,7 @@ def write_results(args, res, dist, rows_per_step, n_rows, guard, busy, busy_all,
              *(["WARNING: other processes used a sizeable share of the CPU; absolute numbers are inflated and the "
                 "ratios compressed. Rerun on an idle machine."] if busy > 0.2 else []),
              f"Wall time of the whole benchmark: {elapsed:.0f} s ({time.strftime('%Y-%m-%d %H:%M')})"]
-    text = (f"# SFT benchmark: packed vs unpacked vs HF transformers + peft (variable-length data)\n\n"
+    text = ("# SFT benchmark: packed vs unpacked vs HF transformers + peft (variable-length data)\n\n"
             + "\n".join(head + lines) + "\n\n" + "\n".join(ratio) + "\n\n"
             "trained tok/s = answer tokens (loss targets) per second of training step; all tok/s = non-pad tokens "
             "per second; processed = tokens including padding; padding fraction = pad / processed. Brackets: "
