@@ -3,7 +3,6 @@ however the batch is split into accumulated micro batches: one lightning.Trainer
 4 x 2 accumulation steps (or 2 x 4, 1 x 8) gives the gradient and update of one micro batch of 8, and
 both equal a dense hand-computed reference; the mean of micro-batch means, which differs when answer
 lengths differ, does not. In process, one process, CPU."""
-import copy
 import functools
 
 import lightning as L
