@@ -129,6 +129,30 @@ def test_training_products_with_a_frozen_weight_equal_f_linear(onednn_gemm, layo
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["row", "column"])
+def test_compiled_products_with_a_frozen_weight_take_onednn_and_equal_f_linear(onednn_gemm, layout):
+    """Under torch.compile the frozen products are one opaque oneDNN operator (inductor would lower F.linear
+    to MKL); a trained weight keeps F.linear, whose weight gradient the operator would not give."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(40, 24, generator=g)
+    w = column_major(w) if layout == "column" else w
+    b, x, dy = torch.randn(40, generator=g), torch.randn(2, 5, 24, generator=g), torch.randn(2, 5, 40, generator=g)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, w: linear(x, w, b).sin(), fullgraph=True)
+    runs = []
+    for fn in (compiled, lambda x, w: F.linear(x, w, b).sin()):
+        xi = x.clone().requires_grad_()
+        ops = ops_run(lambda: (runs.append(fn(xi, w)), runs[-1].backward(dy)))
+        runs.append(xi.grad)
+        assert ("mkldnn::_linear_pointwise" in ops) == (fn is compiled)
+    torch.testing.assert_close(runs[0], runs[2], rtol=1e-5, atol=1e-5)  # values
+    torch.testing.assert_close(runs[1], runs[3], rtol=1e-5, atol=1e-5)  # input gradients
+    trained = w.clone().requires_grad_()
+    compiled(x, trained).sum().backward()
+    torch.testing.assert_close(trained.grad, (torch.cos(F.linear(x, w, b)).reshape(-1, 40).t()
+                                               @ x.reshape(-1, 24)), rtol=1e-4, atol=1e-4)
+
+
 def test_only_frozen_fp32_training_products_take_onednn(onednn_gemm):
     w, x = torch.randn(16, 8), torch.randn(2, 5, 8, requires_grad=True)
     onednn = lambda fn: "mkldnn::_linear_pointwise" in ops_run(fn)  # noqa: E731
