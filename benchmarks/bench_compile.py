@@ -11,8 +11,11 @@ must equal the eager one's (same weights, same batch). Writes ``benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
@@ -32,6 +35,9 @@ def main():
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 2 warmup steps)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    # an empty compile cache, so the first compiled step is what a fresh machine pays (not a cache hit)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache = tempfile.mkdtemp(prefix="bench_compile_inductor_")
+    atexit.register(shutil.rmtree, cache, True)
     torch.set_num_threads(args.threads)
     from nemo_peft.models.compile import compile_blocks
     meter = CpuMeter()
@@ -66,7 +72,7 @@ def main():
              f"Settings: bench_lora's uniform step (LoRA r16 on q, k, v, o, gate, up, down; AdamW; batch 4 x 256; "
              f"fp32), 2 warmup + {args.steps} timed steps per variant; compiled: every transformer block through "
              f"torch.compile (nemo_peft.models.compile.compile_blocks, what model.compile=true does)",
-             f"first compiled step (compiling forward and backward): {compile_s:.1f} s",
+             f"first compiled step (compiling forward and backward, empty compile cache): {compile_s:.1f} s",
              "first-step loss (same weights, same batch): " + ", ".join(f"{k} {v:.5f}" for k, v in first.items()),
              "page faults (fresh memory, faulted in and zeroed by the kernel; its cost on these VMs varies over time): "
              + "; ".join(f"{k} {v}" for k, v in faults.items()),
