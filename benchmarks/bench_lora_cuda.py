@@ -2,7 +2,7 @@
 """LoRA training on a CUDA GPU in bf16: nemo_peft vs Hugging Face transformers + peft.
 
     python benchmarks/bench_lora_cuda.py                       # SmolLM2-135M (GGUF) and a 1B Llama, on cuda
-    python benchmarks/bench_lora_cuda.py --compile             # each transformer block through torch.compile
+    python benchmarks/bench_lora_cuda.py --compile --out benchmarks/results_cuda_compile.md  # blocks compiled
     python benchmarks/bench_lora_cuda.py --model llama-1b --batch 4 --seq 2048
     python benchmarks/bench_lora_cuda.py --device cpu --tiny   # smoke test of this code path (seconds, any machine)
 

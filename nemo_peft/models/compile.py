@@ -12,7 +12,6 @@ import os
 import shutil
 
 
-
 def compile_blocks(model) -> None:
     """Compile every block ``model.fsdp_units()`` lists (the transformer layers), in place."""
     device = next(model.parameters()).device
