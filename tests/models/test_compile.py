@@ -23,7 +23,7 @@ METHODS = {  # the block-level methods model.compile=true compiles (prompt embed
 }
 
 
-def lora_model(method="lora"):
+def adapted_model(method="lora"):
     torch.manual_seed(0)
     model = GPTModel(GPTConfig(num_layers=2, num_attention_heads=4, num_query_groups=2))
     model.add_adapter(METHODS[method]())
@@ -58,7 +58,7 @@ def block_inputs(model, ids):
 def test_a_block_with_adapters_traces_as_one_graph(mode, method):
     """A graph break inside a block (LoRA's ``_is_view`` check) made the graph after it update its input in
     place, which crashed torch.compile's view replay (garbage shapes, segfaults); dynamo's trace, no compiling."""
-    model = lora_model(method)
+    model = adapted_model(method)
     x, *rest = block_inputs(model, torch.randint(0, 256, (2, 12)))
     torch._dynamo.reset()
     with precision(mode):
@@ -70,7 +70,7 @@ def test_a_block_with_adapters_traces_as_one_graph(mode, method):
 @pytest.mark.parametrize("mode", ["fp32", "bf16-mixed"])
 def test_compiled_blocks_match_eager_values_and_gradients(mode):
     ids, labels = torch.randint(0, 256, (2, 12)), torch.randint(0, 256, (2, 12))
-    eager, compiled = lora_model(), lora_model()
+    eager, compiled = adapted_model(), adapted_model()
     names = set(compiled.adapter_state_dict())
     compile_blocks(compiled)
     (l0, g0), (l1, g1) = loss_and_grads(eager, ids, labels, mode), loss_and_grads(compiled, ids, labels, mode)
@@ -85,4 +85,4 @@ def test_compiled_blocks_match_eager_values_and_gradients(mode):
 def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*model.compile=false"):
-        compile_blocks(lora_model())
+        compile_blocks(adapted_model())
