@@ -11,6 +11,7 @@ from nemo_peft.models.generation import Decoding, SamplingParams
 
 
 @torch.no_grad()
+@torch.compiler.set_stance("force_eager")  # as generation.generate: decoding steps are not recompiled
 def generate_seq2seq(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                      params: SamplingParams | None = None, eos_id: int | None = None,
                      decoder_start_id: int | None = None, use_cache: bool = True,

@@ -3,9 +3,13 @@ import contextlib
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from nemo_peft.models.compile import compile_blocks
+from nemo_peft.models.generation import SamplingParams, generate
 from nemo_peft.models.gpt import GPTConfig, GPTModel
+from nemo_peft.models.seq2seq_generation import generate_seq2seq
+from nemo_peft.models.t5 import T5Config, T5Model
 from nemo_peft.peft.bottleneck import BottleneckAdapterPEFTConfig
 from nemo_peft.peft.dora import DoraPEFTConfig
 from nemo_peft.peft.ia3 import IA3PEFTConfig
@@ -86,3 +90,28 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*model.compile=false"):
         compile_blocks(adapted_model())
+
+
+def t5_model():
+    torch.manual_seed(0)
+    return T5Model(T5Config(vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                            relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                            decoder_start_token_id=0))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_generation_runs_compiled_blocks_eagerly(arch):
+    """Each layer's KV-cache index and the cache length are guards: compiled blocks recompiled per layer and
+    per token during generation (dynamo's recompile limit after minutes of compiling). Generation runs
+    them eagerly: the same tokens as the uncompiled model, and no graph compiled."""
+    model = (adapted_model() if arch == "gpt" else t5_model()).eval()
+    run = generate if arch == "gpt" else generate_seq2seq
+    ids, params = torch.randint(1, 97, (3, 7)), SamplingParams(max_new_tokens=5, greedy=True)
+    with torch.no_grad():
+        ref = run(model, ids, params=params)
+        compile_blocks(model)
+        torch._dynamo.reset()
+        counters.clear()
+        got = run(model, ids, params=params)
+    assert got == ref
+    assert counters["stats"]["unique_graphs"] == 0, dict(counters["stats"])
