@@ -176,13 +176,10 @@ class AdapterMixin:
         self._merge(None if names is None else [names] if isinstance(names, str) else list(names), sign=-1.0)
 
     def _merge(self, names, sign: float) -> None:
-        # one walk of the module tree finds the filled slots and their blocks (repeated walks, and visiting
+        # one walk of the module tree finds the filled slots, then their blocks (repeated walks, and visiting
         # the empty slots, cost a third as much as the merge's matmuls)
-        filled = [(f"{c.path}.{c.spec.name}".lstrip("."), c.block, getattr(c.block, c.spec.name))
-                  for c in self.slot_contexts()]
-        filled = [(p, b, s) for p, b, s in filled if len(s.adapters)]
-        blocks = {p: b for p, b, _ in filled}
-        slots = {p: s for p, _, s in filled}
+        slots = {p: s for p, s in self.adapter_slots_by_path().items() if len(s.adapters)}
+        blocks = {p: self.get_submodule(p.rpartition(".")[0]) for p in slots}
         if names is None:
             names = [n for n in self.adapter_names if any(n in s.merged for s in slots.values())]
         for n in names:  # check everything first: fail before touching any weight
