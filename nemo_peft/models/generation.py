@@ -137,11 +137,11 @@ class Decoding:
         return self.stops.rows(self.out[:, :self.steps])
 
 
-@torch.no_grad()
 # Generation runs the blocks eagerly even where model.compile=true compiled them: each layer's KV-cache
 # index and the growing cache length are guards, so compiled blocks recompiled per layer and per length
 # (dynamo's recompile limit, then eager anyway, after minutes of compiling); the eager decode paths are
 # the tuned ones (modules/linear.py).
+@torch.no_grad()
 @torch.compiler.set_stance("force_eager")
 def generate(model, context_ids: torch.Tensor, context_mask: torch.Tensor | None = None,
              params: SamplingParams | None = None, eos_id: int | None = None,
