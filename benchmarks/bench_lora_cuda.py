@@ -168,11 +168,10 @@ def bench_model(name, args, peak_tflops, rows, notes):
     print(f"  {name}: built both sides in {time.perf_counter() - t0:.0f} s", flush=True)
     batches = make_batches(args.warmup + args.steps, args.batch, args.seq, cfg.vocab_size, device=args.device)
     fused = True
-    models = {"ours": ours, "hf": hf}
     if args.compile:
         compile_layers(ours, hf)
-    tr = {"ours": Trainer(models["ours"], loss_ours, batches, args.autocast, fused),
-          "hf": Trainer(models["hf"], loss_hf, batches, args.autocast, fused)}
+    tr = {"ours": Trainer(ours, loss_ours, batches, args.autocast, fused),
+          "hf": Trainer(hf, loss_hf, batches, args.autocast, fused)}
     a, b = alternate(lambda side: tr[side].step(), args.steps, args.warmup)
     lm_chunk = lm_head_chunk(cfg, args.batch * (args.seq - 1), args.device)  # the LM-head matmuls as run here
     mms = train_matmuls(cfg, args.batch, args.seq, RANK, TARGETS, lm_chunk=lm_chunk)
@@ -211,7 +210,7 @@ def bench_model(name, args, peak_tflops, rows, notes):
     notes.append(f"{tag}: attention operators in one step: nemo_peft {attn['ours']}; HF+peft {attn['hf']}")
     if not agree:
         raise SystemExit(f"bench_lora_cuda.py: {tag}: first-step losses differ: nemo_peft {la:.5f}, HF+peft {lb:.5f}")
-    tr.clear(), models.clear()  # free this model's GPU memory before the next one
+    tr.clear()  # with the del below: free this model's GPU memory before the next one
     del ours, hf
     if torch.device(args.device).type == "cuda":
         torch.cuda.empty_cache()
